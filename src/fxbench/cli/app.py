@@ -1,0 +1,90 @@
+"""The `fxbench` Typer app: global options, error handling, verb registration.
+
+Verb modules import only typer/rich at module level; torch and friends are imported inside
+the verbs, so `fxbench --help`, `--version` and completion stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from fxbench._version import __version__
+
+HELP = """fxbench: a locked, reproducible benchmark of fracture segmentation and presence on
+FracAtlas X-rays.
+
+Pipeline: download -> prepare -> train -> eval (val) -> tune (val) -> eval (test, sealed) -> report.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or config error, 3 data missing or invalid,
+4 sealed-test protocol violation, 5 offline and a needed file is missing.
+Set FXBENCH_DEBUG=1 or pass --debug for full tracebacks.
+"""
+
+app = typer.Typer(
+    name="fxbench",
+    help=HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+from fxbench.cli.common import STATE as _STATE  # noqa: E402
+
+# One module per group of verbs; each defines register(app). Order sets --help order.
+VERB_MODULES = (
+    "fxbench.cli.data_cmds",
+    "fxbench.cli.train_cmd",
+    "fxbench.cli.eval_cmds",
+    "fxbench.cli.select_cmds",
+    "fxbench.cli.report_cmd",
+    "fxbench.cli.predict_cmd",
+    "fxbench.cli.misc_cmds",
+    "fxbench.cli.config_cmd",
+)
+
+
+def _version_text() -> str:
+    text = f"fxbench {__version__}"
+    if "--version" in sys.argv and os.environ.get("FXBENCH_FAST_VERSION") != "1":
+        try:  # torch is slow to import; only --version pays for it, never --help
+            import torch
+
+            cuda = torch.cuda.is_available()
+            text += f" (torch {torch.__version__}, CUDA {'available' if cuda else 'not available'})"
+        except Exception:  # pragma: no cover - broken torch install
+            text += " (torch not importable)"
+    return text
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        typer.echo(_version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version_cb, is_eager=True, help="Show version, torch and CUDA, then exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.", envvar="FXBENCH_DEBUG"),
+) -> None:
+    _STATE["debug"] = debug
+
+
+for _mod in VERB_MODULES:
+    importlib.import_module(_mod).register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the app and turns known errors into one line + exit code."""
+    from fxbench.cli.common import run_app
+
+    run_app(app, argv, _STATE)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

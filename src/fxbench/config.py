@@ -1,0 +1,438 @@
+"""The configuration schema: the single source of truth for every knob.
+
+A config is YAML with ten sections (data, model, loss, sampler, augment, optim, schedule,
+train, eval, runtime). Every model forbids unknown keys; a typo gets a did-you-mean.
+
+Precedence, highest first:  ``--set section.key=value``  >  environment
+``FXBENCH_SECTION__KEY=value``  >  the ``--config`` file  >  the defaults below.
+
+Override values are parsed as YAML scalars (``yaml.safe_load``: never ``eval``) and then
+validated and typed by pydantic, so ``--set optim.lr=1e-3`` gives a float.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fxbench.errors import ConfigError
+
+ENV_PREFIX = "FXBENCH_"
+
+#: Metric names a run may select its best checkpoint by (computed by fxbench.evaluate).
+SELECTION_METRICS = (
+    "dice_pos",
+    "iou_pos",
+    "dice",
+    "iou",
+    "roc_auc_presence",
+    "average_precision_presence",
+    "auc_plus_dice_pos",
+    "neg_loss",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the prepared data is and how it is fed to the network."""
+
+    prepared: Path | None = Field(
+        None, description="Prepared folder (output of `fxbench prepare`). Default: <data home>/prepared/fracatlas."
+    )
+    image_size: int = Field(256, ge=32, le=2048, description="Network input edge in pixels (letterboxed square).")
+    cache_size: int | None = Field(
+        None, description="Which prepared cache to read; default: the smallest cache >= image_size."
+    )
+    normalize: Literal["none", "dataset", "imagenet"] = Field(
+        "dataset",
+        description="Input intensity normalisation: none = raw [0,1] (the seed), dataset = train mean/std, imagenet = ImageNet grey mean/std.",
+    )
+    in_channels: Literal[1, 3] = Field(1, description="1 = grey (native); 3 = grey replicated (seed compatibility).")
+    split: Literal["prepared"] = Field("prepared", description="Use the split written by `prepare`.")
+
+    @field_validator("image_size")
+    @classmethod
+    def _divisible(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (got {v}); try {max(32, round(v / 32) * 32)}")
+        return v
+
+
+class ModelConfig(_Section):
+    name: str = Field("unet_dual", description="Registry name; `fxbench models` lists them.")
+    base_channels: int = Field(32, ge=4, le=256, description="U-Net width (unet, unet_dual).")
+    encoder: str = Field("resnet34", description="timm encoder name (timm_unet, classifier).")
+    decoder_channels: list[int] = Field(
+        default_factory=lambda: [256, 128, 64, 32, 16], description="timm_unet decoder widths, deepest first."
+    )
+    presence_head: bool = Field(True, description="timm_unet: add an image-level presence head.")
+    cls_hidden: int = Field(128, ge=1, description="Presence head hidden width.")
+    cls_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Presence head dropout.")
+    pretrained: bool = Field(False, description="Download pretrained encoder weights (needs network).")
+    weights: Path | None = Field(None, description="Local pretrained encoder weights (timm file overlay); works offline.")
+
+
+class LossConfig(_Section):
+    bce_weight: float = Field(0.5, ge=0.0, description="Pixel BCE weight.")
+    dice_weight: float = Field(0.5, ge=0.0, description="Soft Dice weight.")
+    dice_positive_only: bool = Field(True, description="Average Dice only over images with a non-empty mask.")
+    pos_weight: float | None = Field(None, gt=0.0, description="BCE positive-pixel weight.")
+    focal_weight: float = Field(0.0, ge=0.0, description="Focal BCE weight.")
+    focal_gamma: float = Field(2.0, ge=0.0)
+    focal_alpha: float | None = Field(None, ge=0.0, le=1.0)
+    tversky_weight: float = Field(0.0, ge=0.0, description="Focal Tversky weight.")
+    tversky_alpha: float = Field(0.3, ge=0.0, description="Tversky false-positive weight.")
+    tversky_beta: float = Field(0.7, ge=0.0, description="Tversky false-negative weight.")
+    tversky_gamma: float = Field(1.0, gt=0.0)
+    presence_weight: float = Field(0.0, ge=0.0, description="Image-level presence BCE weight.")
+    presence_warmup_epochs: int = Field(0, ge=0, description="Linear ramp of presence_weight over epochs (seed rule).")
+    presence_source: Literal["auto", "head", "max", "topk_mean"] = Field(
+        "auto", description="Presence logit for the loss: head, or max / top-k mean of mask logits; auto = head if present."
+    )
+    presence_topk_frac: float = Field(0.01, gt=0.0, le=1.0)
+
+
+class PatchConfig(_Section):
+    enabled: bool = Field(False, description="Train on patches cut at the evaluation scale (fixes the seed's scale bug).")
+    size: int = Field(128, ge=32, description="Patch edge in network pixels (<= image_size).")
+    positive_prob: float = Field(0.7, ge=0.0, le=1.0, description="P(centre on a fracture pixel) for positive images.")
+    hard_negative_prob: float = Field(0.6, ge=0.0, le=1.0, description="P(centre on a high-gradient non-fracture pixel).")
+    hard_negative_quantile: float = Field(0.9, ge=0.0, le=1.0)
+
+
+class SamplerConfig(_Section):
+    balanced: bool = Field(True, description="Draw positives with probability positive_fraction (with replacement).")
+    positive_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    epoch_size: int | None = Field(None, ge=1, description="Samples per epoch; default = train split size.")
+    patch: PatchConfig = Field(default_factory=PatchConfig)
+    hard_negative_mining: bool = Field(False, description="Each epoch, oversample negatives the model scored highest.")
+    mining_fraction: float = Field(0.25, ge=0.0, le=1.0, description="Share of negative draws taken from mined hard negatives.")
+
+
+class AugmentConfig(_Section):
+    """Batched tensor augmentations (run on the training device). A probability of 0 disables one."""
+
+    enabled: bool = True
+    hflip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    vflip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    rotate_prob: float = Field(0.3, ge=0.0, le=1.0)
+    rotate_degrees: float = Field(12.0, ge=0.0, le=180.0)
+    affine_prob: float = Field(0.0, ge=0.0, le=1.0)
+    affine_degrees: float = Field(10.0, ge=0.0, le=180.0)
+    affine_translate: float = Field(0.06, ge=0.0, le=0.5)
+    affine_scale_min: float = Field(0.9, gt=0.0)
+    affine_scale_max: float = Field(1.1, gt=0.0)
+    brightness_prob: float = Field(0.0, ge=0.0, le=1.0)
+    brightness: float = Field(0.2, ge=0.0, le=1.0)
+    contrast_prob: float = Field(0.0, ge=0.0, le=1.0)
+    contrast: float = Field(0.2, ge=0.0, le=1.0)
+    gamma_prob: float = Field(0.0, ge=0.0, le=1.0)
+    gamma_min: float = Field(0.8, ge=0.05)
+    gamma_max: float = Field(1.2, ge=0.05)
+    autocontrast_prob: float = Field(0.0, ge=0.0, le=1.0)
+    blur_prob: float = Field(0.0, ge=0.0, le=1.0)
+    blur_sigma_min: float = Field(0.1, gt=0.0)
+    blur_sigma_max: float = Field(1.5, gt=0.0)
+    sharpen_prob: float = Field(0.0, ge=0.0, le=1.0)
+    sharpen_amount: float = Field(0.5, ge=0.0, le=3.0)
+    local_contrast_prob: float = Field(0.0, ge=0.0, le=1.0, description="Unsharp mask with a wide kernel (CLAHE-like).")
+    noise_prob: float = Field(0.0, ge=0.0, le=1.0)
+    noise_std_min: float = Field(0.0, ge=0.0)
+    noise_std_max: float = Field(0.05, ge=0.0)
+    cutout_prob: float = Field(0.0, ge=0.0, le=1.0, description="Erase a box; never over a fracture (fixes the seed).")
+    cutout_frac_min: float = Field(0.08, gt=0.0, le=1.0)
+    cutout_frac_max: float = Field(0.2, gt=0.0, le=1.0)
+    positive_multiplier: float = Field(1.0, ge=0.0, description="Multiplies the non-flip probabilities for fractured images.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        for lo, hi in [
+            ("affine_scale_min", "affine_scale_max"),
+            ("gamma_min", "gamma_max"),
+            ("blur_sigma_min", "blur_sigma_max"),
+            ("noise_std_min", "noise_std_max"),
+            ("cutout_frac_min", "cutout_frac_max"),
+        ]:
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"{lo} must be <= {hi}")
+        return self
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    grad_clip_norm: float = Field(0.0, ge=0.0, description="0 = off.")
+    no_decay_norm_bias: bool = Field(True, description="No weight decay on norms and biases (the seed decayed them).")
+
+
+class ScheduleConfig(_Section):
+    name: Literal["none", "cosine", "onecycle", "poly"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0.0, description="Linear warm-up length (epochs, fractions allowed).")
+    min_lr: float = Field(1e-6, ge=0.0)
+    max_lr: float | None = Field(None, gt=0.0, description="onecycle peak; default optim.lr.")
+    pct_start: float = Field(0.15, gt=0.0, lt=1.0)
+    div_factor: float = Field(10.0, gt=0.0)
+    final_div_factor: float = Field(1000.0, gt=0.0)
+    poly_power: float = Field(0.9, gt=0.0)
+
+
+class EmaConfig(_Section):
+    enabled: bool = False
+    decay: float = Field(0.999, ge=0.0, lt=1.0)
+    warmup_steps: int = Field(0, ge=0, description="Copy (decay 0) for the first N updates.")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(4, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    seed: int = 42
+    selection_metric: str = Field("dice_pos", description="Val metric that picks checkpoints/best.pt.")
+    val_every_epochs: int = Field(1, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap optimizer steps per epoch (smoke runs only).")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N validations without improvement.")
+    init_checkpoint: Path | None = Field(None, description="Warm start: weights loaded strictly except declared new heads.")
+    ema: EmaConfig = Field(default_factory=EmaConfig)
+
+    @field_validator("selection_metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in SELECTION_METRICS:
+            close = difflib.get_close_matches(v, SELECTION_METRICS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown selection metric '{v}'{hint} Valid: {', '.join(SELECTION_METRICS)}")
+        return v
+
+
+class EvalConfig(_Section):
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Pixel probability threshold (prob >= t).")
+    tta: Literal["none", "h", "v", "hv", "d4"] = Field("none", description="hv = identity + hflip + vflip (the seed's); d4 adds rotations.")
+    presence_source: Literal["auto", "head", "max", "topk_mean"] = "auto"
+    presence_topk_frac: float = Field(0.01, gt=0.0, le=1.0)
+    presence_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    min_component: int = Field(0, ge=0, description="Drop predicted components smaller than this many pixels.")
+    bootstrap: int = Field(2000, ge=0, description="Stratified bootstrap resamples for CIs (0 = off).")
+    bootstrap_seed: int = 0
+    resolution: Literal["cache", "native"] = Field("cache", description="Score at cache resolution (seed) or native size.")
+
+
+class RuntimeConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "none"] = Field("auto", description="auto = bf16 on CUDA if supported, else none.")
+    channels_last: bool = True
+    compile: bool = False
+    cudnn_benchmark: bool = True
+    deterministic: bool = Field(False, description="torch deterministic algorithms (slower on CUDA).")
+    num_threads: int | None = Field(None, ge=1)
+
+
+class Config(_Section):
+    """A complete, resolved fxbench configuration."""
+
+    name: str | None = Field(None, description="Run name; default derived from model and time.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        if self.sampler.patch.enabled and self.sampler.patch.size > self.data.image_size:
+            raise ValueError(
+                f"sampler.patch.size ({self.sampler.patch.size}) must be <= data.image_size ({self.data.image_size})"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def sha256(self) -> str:
+        """Hash of the resolved config (key order independent)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# loading, overrides, errors
+
+
+def _model_for_path(parts: Sequence[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in parts:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _suggest(parts: Sequence[str]) -> str:
+    model = _model_for_path(parts[:-1])
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(parts[-1], list(model.model_fields), n=1, cutoff=0.5)
+    if not close:
+        return f"; valid keys here: {', '.join(model.model_fields)}"
+    return f"; did you mean '{'.'.join([*parts[:-1], close[0]])}'?"
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    dotted = ".".join(loc) or "<top level>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{dotted}'{_suggest(loc)}"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {dotted}: {msg}{more}"
+
+
+def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema (used by completion and the docs generator)."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(all_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"{source}: malformed key '{dotted}'", "use section.key=value, e.g. optim.lr=1e-3")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        if _model_for_path(parts[: i + 1]) is None:
+            raise ConfigError(f"{source}: unknown key '{'.'.join(parts[: i + 1])}'{_suggest(parts[: i + 1])}")
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    parent = _model_for_path(parts[:-1])
+    if parent is None or parts[-1] not in parent.model_fields:
+        raise ConfigError(f"{source}: unknown key '{dotted}'{_suggest(parts)}")
+    node[parts[-1]] = value
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as a YAML scalar or flow collection (safe: no code runs)."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        # PyYAML reads '1e-3' as a string; let pydantic see a number when it is one.
+        try:
+            return float(value) if any(c in value.lower() for c in "e.") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set '{item}' has no '='", "write it as section.key=value, e.g. train.epochs=5")
+    key, _, raw = item.partition("=")
+    return key.strip(), parse_value(raw)
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[tuple[str, Any]]:
+    """``FXBENCH_OPTIM__LR=1e-3`` -> ``("optim.lr", 0.001)``. Non-config FXBENCH_ vars are ignored."""
+    environ = os.environ if environ is None else environ
+    out = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        out.append((dotted, parse_value(raw)))
+    return out
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}", "check the path, or run `fxbench config show` for defaults")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> Config:
+    """Resolve a config: defaults < ``base`` < file < environment < ``--set`` overrides."""
+    tree: dict[str, Any] = json.loads(json.dumps(dict(base or {}), default=str))
+    source = "config"
+    if path is not None:
+        source = str(path)
+        file_tree = read_yaml(path)
+        _deep_merge(tree, file_tree)
+    try:
+        Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from err
+    for key, value in env_overrides(environ):
+        _set_dotted(tree, key, value, f"environment FXBENCH_{key.upper().replace('.', '__')}")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value, f"--set {key}")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "overrides" if overrides else source)) from err
+
+
+def _deep_merge(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
+            _deep_merge(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from err
