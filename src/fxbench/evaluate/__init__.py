@@ -1,1 +1,93 @@
-"""fxbench.evaluate"""
+"""fxbench.evaluate: metric definitions, bootstrap CIs, subgroups, native-resolution scoring.
+
+Pure numpy/scipy (no torch): arrays in, numbers out. Definitions are in docs/metrics.md.
+
+Main entry points:
+
+* :func:`evaluate_predictions` -- the whole ``RUN/metrics/<split>.json`` body for a
+  :class:`~fxbench.predict.artifact.Predictions` and a decision.
+* :func:`segmentation_metrics`, :func:`presence_metrics` -- one operating point, for grids
+  (``tune``, ``ensemble``, ``blend``).
+* :func:`compute_per_image_stats` + :func:`bootstrap_ci` / :func:`paired_bootstrap_delta` /
+  :func:`subgroup_table` -- the building blocks, shared so every command scores the same way.
+"""
+
+from fxbench.evaluate.bootstrap import (
+    HEADLINE_METRICS,
+    SUPPORTED_BOOTSTRAP_METRICS,
+    bootstrap_ci,
+    bootstrap_distributions,
+    paired_bootstrap_delta,
+    point_estimates,
+    stratified_indices,
+)
+from fxbench.evaluate.evaluation import (
+    DecisionView,
+    compute_per_image_stats,
+    evaluate_predictions,
+    resolve_decision,
+    resolve_presence_source,
+)
+from fxbench.evaluate.metrics import (
+    DEFINITIONS_VERSION,
+    LesionMatch,
+    PerImageStats,
+    aggregate_segmentation,
+    average_precision,
+    best_f1,
+    brier_score,
+    calibration_bins,
+    expected_calibration_error,
+    match_lesions,
+    per_image_segmentation,
+    precision_recall_curve,
+    presence_metrics,
+    remove_small_components,
+    roc_auc,
+    roc_curve,
+    segmentation_metrics,
+    sensitivity_at_specificity,
+    threshold_probs,
+)
+from fxbench.evaluate.native import crop_box, resize_bilinear, to_native
+from fxbench.evaluate.subgroups import SUBGROUP_COLUMNS, metadata_from_records, subgroup_table
+
+__all__ = [
+    "DEFINITIONS_VERSION",
+    "HEADLINE_METRICS",
+    "SUBGROUP_COLUMNS",
+    "SUPPORTED_BOOTSTRAP_METRICS",
+    "DecisionView",
+    "LesionMatch",
+    "PerImageStats",
+    "aggregate_segmentation",
+    "average_precision",
+    "best_f1",
+    "bootstrap_ci",
+    "bootstrap_distributions",
+    "brier_score",
+    "calibration_bins",
+    "compute_per_image_stats",
+    "crop_box",
+    "evaluate_predictions",
+    "expected_calibration_error",
+    "match_lesions",
+    "metadata_from_records",
+    "paired_bootstrap_delta",
+    "per_image_segmentation",
+    "point_estimates",
+    "precision_recall_curve",
+    "presence_metrics",
+    "remove_small_components",
+    "resize_bilinear",
+    "resolve_decision",
+    "resolve_presence_source",
+    "roc_auc",
+    "roc_curve",
+    "segmentation_metrics",
+    "sensitivity_at_specificity",
+    "stratified_indices",
+    "subgroup_table",
+    "threshold_probs",
+    "to_native",
+]
