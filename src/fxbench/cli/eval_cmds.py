@@ -1,9 +1,80 @@
-"""Verbs of this group are added here as they become real (no stub verbs)."""
+"""`fxbench eval`: predict a split once and score it; the test split is sealed."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from fxbench.cli.common import console, handle_errors, out
+
+HEADLINE = ("dice_pos", "iou_pos", "roc_auc_presence", "average_precision_presence", "sensitivity_at_spec90",
+            "lesion_recall")
+
+
+def metrics_table(metrics: dict[str, Any], title: str):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for key in HEADLINE:
+        if key not in metrics:
+            continue
+        val = metrics[key]
+        ci = metrics.get(f"{key}_ci95")
+        val_s = "nan" if val is None else f"{val:.4f}"
+        ci_s = "" if not ci or None in ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+        table.add_row(key, val_s, ci_s)
+    return table
+
+
+@handle_errors
+def eval_(
+    run: Path | None = typer.Argument(None, help="Run folder (omit with --predictions)."),
+    split: str = typer.Option("val", "--split", help="val or test (test needs --decision or --threshold)."),
+    tta: str | None = typer.Option(None, "--tta", help="none, h, v, hv or d4 (default: the decision's or config's)."),
+    decision: Path | None = typer.Option(None, "--decision", help="decision.json from `fxbench tune` (test: default RUN/decision.json)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="A user-fixed pixel threshold (recorded as such)."),
+    which: str = typer.Option("best", "--which", help="Checkpoint: best or last."),
+    prepared: Path | None = typer.Option(None, "--prepared", help="Prepared folder (default: the run's)."),
+    resolution: str | None = typer.Option(None, "--resolution", help="cache (seed convention) or native."),
+    bootstrap: int | None = typer.Option(None, "--bootstrap", help="Bootstrap resamples for CIs (default eval.bootstrap)."),
+    predictions: Path | None = typer.Option(None, "--predictions", help="Score mask PNGs from another tool (peer)."),
+    presence_csv: Path | None = typer.Option(None, "--presence-csv", help="Peer presence scores: image_id,score."),
+    repredict: bool = typer.Option(False, "--repredict", help="Run the network again even if predictions exist."),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics JSON on stdout."),
+) -> None:
+    """Evaluate a run on val, or on test under a frozen decision (every test access is logged)."""
+    from fxbench.errors import UsageError
+
+    if predictions is not None:
+        if prepared is None:
+            raise UsageError("--predictions needs --prepared PREP (the prepared folder with the split)")
+        from fxbench.select.peers import score_mask_folder
+
+        metrics = score_mask_folder(predictions, prepared, split, presence_csv=presence_csv)
+        title = f"peer predictions {predictions} on {split}"
+    else:
+        if run is None:
+            raise UsageError("give a RUN folder, or --predictions DIR --prepared PREP")
+        from fxbench.workflow import evaluate_run
+
+        metrics = evaluate_run(run, split, tta=tta, decision_path=decision, threshold=threshold, which=which,
+                               prepared=prepared, resolution=resolution, bootstrap=bootstrap, repredict=repredict)
+        title = f"{run.name} on {split} (tta {metrics.get('tta')}, threshold {metrics.get('threshold')})"
+    if json_out:
+        out.print(json.dumps(metrics, default=str), markup=False)
+    console.print(metrics_table(metrics, title))
+    if run is not None:
+        if split == "test":
+            console.print(f"test accesses for this run: {metrics.get('test_accesses')}", markup=False)
+        else:
+            console.print(f"wrote {run}/metrics/{split}.json; next: fxbench tune {run}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's verbs to ``app``."""
+    app.command("eval")(eval_)

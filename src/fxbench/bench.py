@@ -1,0 +1,264 @@
+"""Throughput benchmark: the seed's data path vs fxbench's trainer vs the bare model.
+
+For each model, on the same synthetic FracAtlas-like JPEGs (about 91% 373x454 / 454x373 and 9%
+2304x2880, 20% fractured), it measures training images per second of
+
+  (a) a seed-style loop: per sample, PIL decode of the full JPEG, RGB, resize to S, to tensor,
+      batch 4, no workers (what the seed's trainer does);
+  (b) fxbench's Trainer on the prepared in-memory cache (sampling, device augmentation, loss);
+  (c) the ceiling: the same model and loss on device-resident random tensors, no data path;
+
+and inference images per second with and without hv TTA. Ratios b/a and b/c tell how much the
+data path costs. Numbers are wall-clock and depend on the machine: the JSON records it.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class BenchRow:
+    model: str
+    image_size: int
+    batch: int
+    seed_loop: float
+    fxbench: float
+    ceiling: float
+    infer: float
+    infer_hv: float
+
+    @property
+    def b_over_a(self) -> float:
+        return self.fxbench / self.seed_loop if self.seed_loop else float("nan")
+
+    @property
+    def b_over_c(self) -> float:
+        return self.fxbench / self.ceiling if self.ceiling else float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _model_cfg(model: str, size: int, batch: int, steps: int, prepared: Path, device: str, amp: str,
+               compile_: bool):
+    from fxbench.config import load_config
+
+    sets = [f"data.prepared={prepared}", f"data.image_size={size}", f"model.name={model}",
+            f"train.batch_size={batch}", "train.epochs=1", f"train.max_steps_per_epoch={steps}",
+            "eval.bootstrap=0", f"runtime.device={device}", f"runtime.amp={amp}",
+            f"runtime.compile={str(compile_).lower()}", "augment.rotate_prob=0.3"]
+    if model == "unet_dual":
+        sets.append("loss.presence_weight=0.35")
+    return load_config(None, sets, environ={})
+
+
+def seed_loop(cfg: Any, jpegs: list[Path], masks: list[Path], steps: int, warmup: int, device: torch.device,
+              amp_dtype: torch.dtype | None) -> float:
+    """(a): the seed's per-sample PIL pipeline feeding a 3-channel model, batch 4, no workers."""
+    from PIL import Image
+
+    from fxbench.models import build_model
+    from fxbench.models.inference import autocast_ctx
+    from fxbench.train.losses import SegmentationLoss
+
+    size = cfg.data.image_size
+    net = build_model(cfg.model, in_channels=3).to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    loss_fn = SegmentationLoss(cfg.loss)
+    rng = np.random.default_rng(0)
+    bs = 4
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for i in rng.integers(0, len(jpegs), bs):
+            with Image.open(jpegs[i]) as im:
+                img = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            with Image.open(masks[i]) as m:
+                msk = m.convert("L").resize((size, size), Image.NEAREST)
+            xs.append(torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1))
+            ys.append(torch.from_numpy((np.asarray(msk) > 127).astype(np.float32))[None])
+        return torch.stack(xs), torch.stack(ys)
+
+    def step() -> None:
+        x, y = batch()
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad(set_to_none=True)
+        with autocast_ctx(device, amp_dtype):
+            logits, pres = net(x)
+        loss, _ = loss_fn(logits, y, pres, 1)
+        loss.backward()
+        opt.step()
+
+    return _timed(step, steps, warmup, bs, device)
+
+
+def ceiling(cfg: Any, steps: int, warmup: int, device: torch.device, amp_dtype: torch.dtype | None) -> float:
+    """(c): same model, loss and optimizer on device-resident tensors; no data path at all."""
+    from fxbench.models import build_model
+    from fxbench.models.inference import autocast_ctx
+    from fxbench.train.loop import build_optimizer
+    from fxbench.train.losses import SegmentationLoss
+
+    size, bs = cfg.data.image_size, cfg.train.batch_size
+    net = build_model(cfg.model, in_channels=1).to(device).train()
+    if cfg.runtime.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    fwd = torch.compile(net) if cfg.runtime.compile else net
+    opt = build_optimizer(net, cfg, device)
+    loss_fn = SegmentationLoss(cfg.loss)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.rand((bs, 1, size, size), generator=g).to(device)
+    y = (torch.rand((bs, 1, size, size), generator=g) > 0.99).float().to(device)
+    if cfg.runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast_ctx(device, amp_dtype):
+            logits, pres = fwd(x)
+        loss, _ = loss_fn(logits, y, pres, 1)
+        loss.backward()
+        opt.step()
+
+    return _timed(step, steps, warmup, bs, device)
+
+
+def _timed(step: Callable[[], None], steps: int, warmup: int, per_step: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * per_step / (time.perf_counter() - t0)
+
+
+def fxbench_trainer(cfg: Any, run_dir: Path, warmup_steps: int) -> tuple[float, Any]:
+    """(b): the real Trainer for one epoch of ``max_steps_per_epoch`` steps; img/s of the timed part."""
+    from fxbench.train.loop import Trainer
+
+    rates: list[tuple[float, int]] = []
+    t_start: dict[str, float] = {}
+
+    def progress(p: Any) -> None:
+        if p.event != "step":
+            return
+        if p.step == warmup_steps:
+            _sync(trainer.device)
+            t_start["t"] = time.perf_counter()
+        elif p.step == p.steps_per_epoch and "t" in t_start:
+            _sync(trainer.device)
+            rates.append(((p.step - warmup_steps) * cfg.train.batch_size, time.perf_counter() - t_start["t"]))
+
+    trainer = Trainer(cfg, run_dir, on_progress=progress)
+    trainer.run()
+    n, secs = rates[-1]
+    return n / secs, trainer
+
+
+def inference(trainer: Any, tta: str, batch: int) -> float:
+    from fxbench.models.inference import predict_tensors
+
+    val = trainer.data.splits["val"]
+    reps = max(1, 256 // max(1, len(val)))
+    images = val.images.repeat(reps, 1, 1, 1)
+    boxes = np.tile(val.boxes, (reps, 1))
+    model = trainer.model
+    predict_tensors(model, images[:batch], boxes[:batch], tta=tta, batch_size=batch, device=trainer.device,
+                    amp_dtype=trainer.amp)  # warm-up
+    _sync(trainer.device)
+    t0 = time.perf_counter()
+    predict_tensors(model, images, boxes, tta=tta, batch_size=batch, device=trainer.device, amp_dtype=trainer.amp,
+                    channels_last=trainer.cfg.runtime.channels_last)
+    _sync(trainer.device)
+    return len(images) / (time.perf_counter() - t0)
+
+
+def run_bench(
+    models: list[tuple[str, int]],
+    n_images: int = 200,
+    batch: int = 32,
+    steps: int = 20,
+    seed_steps: int = 10,
+    warmup: int = 3,
+    device: str = "auto",
+    amp: str = "auto",
+    compile_: bool = False,
+    image_scale: float = 1.0,
+    work_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the whole comparison; returns a JSON-able dict with rows and the machine description."""
+    from fxbench.data.prepare import prepare
+    from fxbench.data.synthetic import make_synthetic_archive
+    from fxbench.train.loop import pick_amp, pick_device
+
+    dev = pick_device(device)
+    amp_dtype = pick_amp(amp, dev)
+    tmp = tempfile.TemporaryDirectory(prefix="fxbench-bench-") if work_dir is None else None
+    root = Path(tmp.name) if tmp else Path(work_dir)  # type: ignore[arg-type]
+    try:
+        log(f"synthesising {n_images} FracAtlas-like JPEGs (scale {image_scale}) ...")
+        archive = make_synthetic_archive(root / "archive", n_images=n_images, seed=0, scale=image_scale,
+                                         large_fraction=0.09, positive_fraction=0.2)
+        sizes = sorted({s for _, s in models})
+        prep = root / "prepared"
+        prepare(archive, prep, split_mode="grouped", seed=42, cache_sizes=tuple(sizes), cache_format="raw")
+        jpegs, masks = _seed_files(archive, prep)
+        rows = []
+        for model, size in models:
+            cfg = _model_cfg(model, size, batch, steps + warmup, prep, device, amp, compile_)
+            log(f"{model} @ {size}px: seed-style loop ...")
+            a = seed_loop(cfg, jpegs, masks, seed_steps, 1, dev, amp_dtype)
+            log(f"{model} @ {size}px: fxbench trainer ...")
+            b, trainer = fxbench_trainer(cfg, root / f"run-{model}-{size}", warmup)
+            log(f"{model} @ {size}px: bare model ceiling ...")
+            c = ceiling(cfg, steps, warmup, dev, amp_dtype)
+            log(f"{model} @ {size}px: inference ...")
+            inf = inference(trainer, "none", batch)
+            inf_hv = inference(trainer, "hv", batch)
+            rows.append(BenchRow(model, size, batch, round(a, 2), round(b, 2), round(c, 2), round(inf, 2),
+                                 round(inf_hv, 2)))
+    finally:
+        if tmp:
+            tmp.cleanup()
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+               "device": str(dev), "threads": torch.get_num_threads(),
+               "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
+               "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "none", "compile": compile_}
+    return {
+        "machine": machine, "n_images": n_images, "image_scale": image_scale, "steps": steps,
+        "seed_steps": seed_steps, "rows": [{**asdict(r), "b_over_a": round(r.b_over_a, 3),
+                                            "b_over_c": round(r.b_over_c, 3)} for r in rows],
+    }
+
+
+def _seed_files(archive: Path, prepared: Path) -> tuple[list[Path], list[Path]]:
+    import csv
+
+    root = archive / "FracAtlas" if (archive / "FracAtlas").is_dir() else archive
+    with open(prepared / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    jpegs, masks = [], []
+    for r in rows:
+        folder = "Fractured" if r.get("csv_fractured", r["label"]) in ("1", 1) else "Non_fractured"
+        path = root / "images" / folder / r["image_id"]
+        if not path.is_file():
+            other = "Non_fractured" if folder == "Fractured" else "Fractured"
+            path = root / "images" / other / r["image_id"]
+        jpegs.append(path)
+        masks.append(prepared / "masks" / f"{Path(r['image_id']).stem}.png")
+    return jpegs, masks

@@ -1,0 +1,181 @@
+"""Prepared folder -> in-memory uint8 tensors per split.
+
+Training never decodes JPEGs: the cache written by ``prepare`` is read once, resized to the
+network size if needed (once, on load), and kept as uint8. Each step indexes, copies and
+augments on the training device.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fxbench.errors import DataError
+
+#: dataset.csv columns reported as subgroups (0/1 flags).
+SUBGROUP_COLUMNS = ("hand", "leg", "hip", "shoulder", "mixed", "hardware", "frontal", "lateral", "oblique")
+
+
+@dataclass
+class SplitData:
+    """One split at network resolution S.
+
+    images, masks: uint8 [N,1,S,S] (masks 0/1); labels: int64 [N] (1 = ground-truth mask
+    non-empty at S); boxes int32 [N,4] (top, left, h, w of the image in the letterbox);
+    native_hw int32 [N,2]; metadata: column -> int array [N] (subgroup flags).
+    """
+
+    name: str
+    image_ids: list[str]
+    images: torch.Tensor
+    masks: torch.Tensor
+    labels: np.ndarray
+    boxes: np.ndarray
+    native_hw: np.ndarray
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def valid_mask(self) -> torch.Tensor:
+        """bool [N,1,S,S]: True inside each image's letterbox box."""
+        n, _, s, _ = self.images.shape
+        out = torch.zeros((n, 1, s, s), dtype=torch.bool)
+        for i, (t, left, h, w) in enumerate(self.boxes.tolist()):
+            out[i, :, t : t + h, left : left + w] = True
+        return out
+
+
+@dataclass
+class PreparedData:
+    prepared_dir: Path
+    cache_path: Path
+    cache_sha256: str
+    split_sha256: str
+    image_size: int
+    splits: dict[str, SplitData]
+    mean: float
+    std: float
+
+
+def read_manifest(prepared_dir: Path) -> list[dict[str, str]]:
+    path = Path(prepared_dir) / "manifest.csv"
+    if not path.is_file():
+        raise DataError(
+            f"no manifest.csv in {prepared_dir}",
+            "run `fxbench prepare --archive ARCHIVE --out DIR` first, then pass data.prepared=DIR",
+        )
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"image_id", "label", "split"} <= set(rows[0]):
+        raise DataError(f"{path} lacks the columns image_id,label,split", "re-run `fxbench prepare --force`")
+    return rows
+
+
+def split_sha256(rows: list[dict[str, str]]) -> str:
+    text = "".join(f"{r['image_id']},{r['split']}\n" for r in sorted(rows, key=lambda r: r["image_id"]))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _resize_split(images: torch.Tensor, masks: torch.Tensor, boxes: np.ndarray, size: int):
+    """Area-resize uint8 images and masks [N,1,C,C] -> [N,1,size,size]; keeps tiny lesions alive."""
+    src = images.shape[-1]
+    out_i = torch.empty((images.shape[0], 1, size, size), dtype=torch.uint8)
+    out_m = torch.empty_like(out_i)
+    for start in range(0, images.shape[0], 256):
+        sl = slice(start, start + 256)
+        img = F.interpolate(images[sl].float(), size=(size, size), mode="area")
+        out_i[sl] = img.round().clamp(0, 255).to(torch.uint8)
+        m = F.interpolate(masks[sl].float(), size=(size, size), mode="area")
+        hard = m >= 0.5
+        # A lesion thinner than one output pixel must not vanish: fall back to "any overlap".
+        lost = (hard.flatten(1).sum(1) == 0) & (masks[sl].flatten(1).sum(1) > 0)
+        hard[lost] = m[lost] > 0
+        out_m[sl] = hard.to(torch.uint8)
+    scale = size / src
+    new_boxes = np.round(boxes.astype(np.float64) * scale).astype(np.int32)
+    return out_i, out_m, new_boxes
+
+
+def load_prepared(
+    prepared_dir: str | Path,
+    image_size: int,
+    cache_size: int | None = None,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+) -> PreparedData:
+    """Load the prepared cache for ``splits`` at network resolution ``image_size``."""
+    from fxbench.data.cache import find_cache, load_cache
+
+    prepared_dir = Path(prepared_dir)
+    rows = read_manifest(prepared_dir)
+    if cache_size is not None:
+        cache_path = prepared_dir / "cache" / f"{cache_size}.npz"
+        if not cache_path.is_file():
+            raise DataError(
+                f"no {cache_size}-px cache in {prepared_dir}",
+                f"run `fxbench prepare --archive ARCHIVE --out {prepared_dir} --cache-size {cache_size}`",
+            )
+    else:
+        cache_path = find_cache(prepared_dir, image_size)
+    cache = load_cache(cache_path)
+    index = {iid: i for i, iid in enumerate(cache.image_ids)}
+    missing = [r["image_id"] for r in rows if r["image_id"] not in index]
+    if missing:
+        raise DataError(
+            f"cache {cache_path.name} lacks {len(missing)} manifest images (e.g. {missing[0]})",
+            "re-run `fxbench prepare --force`",
+        )
+    out: dict[str, SplitData] = {}
+    for name in splits:
+        sel = [r for r in rows if r["split"] == name]
+        if not sel:
+            raise DataError(f"split '{name}' is empty in {prepared_dir}/manifest.csv", "re-run `fxbench prepare`")
+        idx = np.array([index[r["image_id"]] for r in sel], dtype=np.int64)
+        images = torch.from_numpy(np.ascontiguousarray(cache.images[idx]))[:, None]
+        masks = torch.from_numpy(np.ascontiguousarray(cache.masks[idx]))[:, None]
+        boxes = cache.boxes[idx].astype(np.int32)
+        if cache.size != image_size:
+            images, masks, boxes = _resize_split(images, masks, boxes, image_size)
+        labels = (masks.flatten(1).amax(1) > 0).numpy().astype(np.int64)
+        meta = {}
+        for col in SUBGROUP_COLUMNS:
+            if col in sel[0]:
+                meta[col] = np.array([int(float(r[col] or 0)) for r in sel], dtype=np.int64)
+        out[name] = SplitData(
+            name=name,
+            image_ids=[r["image_id"] for r in sel],
+            images=images,
+            masks=masks,
+            labels=labels,
+            boxes=boxes,
+            native_hw=cache.native_hw[idx].astype(np.int32),
+            metadata=meta,
+        )
+    mean, std = _train_stats(out.get("train"))
+    return PreparedData(
+        prepared_dir=prepared_dir,
+        cache_path=cache_path,
+        cache_sha256=cache.sha256,
+        split_sha256=split_sha256(rows),
+        image_size=image_size,
+        splits=out,
+        mean=mean,
+        std=std,
+    )
+
+
+def _train_stats(train: SplitData | None) -> tuple[float, float]:
+    """Mean and std of train pixels inside the letterbox boxes, in [0,1] units."""
+    if train is None:
+        return 0.5, 0.25
+    valid = train.valid_mask()
+    px = train.images[valid].double() / 255.0
+    if px.numel() == 0:
+        return 0.5, 0.25
+    return float(px.mean()), float(max(px.std().item(), 1e-3))

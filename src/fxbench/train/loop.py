@@ -1,0 +1,497 @@
+"""The training loop: data resident in memory, augmentation on the device, exact resume.
+
+Determinism and resume: the sampler's indices, the augmentation generator and the global
+torch RNG are all re-seeded from (seed, epoch) at the start of each epoch. A checkpoint taken
+mid-epoch (on SIGINT/SIGTERM) also stores the generators' states and the step reached, so a
+resumed run replays exactly the same batches and ends with bit-identical weights on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fxbench.config import Config
+from fxbench.errors import CheckpointError, ConfigError, TrainingDivergedError
+from fxbench.io import sha256_file, write_csv_atomic, write_json_atomic, write_text_atomic
+from fxbench.train.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from fxbench.train.run import environment, now_iso, run_lock, update_run_json
+
+HISTORY_FIELDS = [
+    "epoch", "step", "lr", "train_loss", "presence_weight", "seconds", "img_per_s",
+    "val_dice_pos", "val_iou_pos", "val_dice", "val_roc_auc_presence",
+    "val_average_precision_presence", "val_loss", "selection", "best",
+]
+
+
+@dataclass
+class Progress:
+    """What the loop reports to a UI callback after each step / validation."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps_per_epoch: int
+    loss: float
+    lr: float
+    img_per_s: float
+    val: dict[str, float] = field(default_factory=dict)
+    event: str = "step"
+
+
+# ------------------------------------------------------------------ runtime set-up
+
+
+def pick_device(kind: str) -> torch.device:
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("runtime.device=cuda but CUDA is not available", "use runtime.device=auto or cpu")
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(kind)
+
+
+def pick_amp(kind: str, device: torch.device) -> torch.dtype | None:
+    if kind == "none" or (kind == "auto" and device.type != "cuda"):
+        return None
+    if kind == "fp16":
+        return torch.float16
+    if kind == "bf16" or (kind == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world) from torchrun's environment; (0, 1) when not distributed."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# ------------------------------------------------------------------ schedule
+
+
+def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: Config) -> float:
+    """Multiplier on the base LR at optimizer step ``step`` (0-based) of ``total``."""
+    sc = cfg.schedule
+    if sc.name == "onecycle":
+        peak = sc.max_lr or cfg.optim.lr
+        start, end = peak / sc.div_factor, peak / (sc.div_factor * sc.final_div_factor)
+        up = max(1, int(sc.pct_start * total))
+        if step < up:
+            t = step / up
+            lr = start + (peak - start) * (1 - math.cos(math.pi * t)) / 2
+        else:
+            t = min(1.0, (step - up) / max(1, total - up))
+            lr = end + (peak - end) * (1 + math.cos(math.pi * t)) / 2
+        return lr / cfg.optim.lr
+    warm = int(sc.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    floor = sc.min_lr / cfg.optim.lr
+    if sc.name == "cosine":
+        return floor + (1 - floor) * (1 + math.cos(math.pi * t)) / 2
+    if sc.name == "poly":
+        return floor + (1 - floor) * (1 - t) ** sc.poly_power
+    return 1.0
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if cfg.optim.no_decay_norm_bias and (p.ndim <= 1 or name.endswith(".bias")) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if cfg.optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused)
+
+
+class Ema:
+    """EMA of every floating state entry (parameters and BatchNorm buffers)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, warmup_steps: int) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.warmup, self.updates = decay, warmup_steps, 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = 0.0 if self.updates <= self.warmup else self.decay
+        src = model.state_dict()
+        for key, value in self.module.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(d).add_(src[key].detach(), alpha=1 - d)
+            else:
+                value.copy_(src[key])
+
+
+# ------------------------------------------------------------------ the trainer
+
+
+class Trainer:
+    """Trains one run folder. ``run()`` returns the run summary dict."""
+
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
+        self.on_progress = on_progress or (lambda p: None)
+        self.rank, self.world = dist_info()
+        self.stop_requested: str | None = None
+
+    # -- set-up ----------------------------------------------------------------
+    def _setup(self) -> None:
+        from fxbench.data.augment import Augmenter
+        from fxbench.data.dataset import load_prepared
+        from fxbench.models import build_model, new_head_prefixes
+        from fxbench.models.wrapper import FxNet, normalization_stats
+        from fxbench.paths import prepared_dir
+        from fxbench.train.losses import SegmentationLoss
+        from fxbench.train.samplers import BalancedSampler
+
+        cfg = self.cfg
+        if cfg.runtime.num_threads:
+            torch.set_num_threads(cfg.runtime.num_threads)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and cfg.runtime.device != "cpu" else "gloo"
+            torch.distributed.init_process_group(backend)
+        self.device = pick_device(cfg.runtime.device)
+        if self.device.type == "cuda" and self.world > 1:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        self.amp = pick_amp(cfg.runtime.amp, self.device)
+        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark and not cfg.runtime.deterministic
+        if cfg.runtime.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        prep = cfg.data.prepared or prepared_dir()
+        self.data = load_prepared(prep, cfg.data.image_size, cfg.data.cache_size, splits=("train", "val"))
+        train = self.data.splits["train"]
+        on_gpu = self.device.type == "cuda"
+        # The uint8 train set is small (2,858 x 256^2 = 187 MB): keep it on the device.
+        self.train_images = train.images.to(self.device) if on_gpu else train.images
+        self.train_masks = train.masks.to(self.device) if on_gpu else train.masks
+        self.train_labels = train.labels
+
+        mean, std = normalization_stats(cfg.data.normalize, self.data.mean, self.data.std)
+        net = build_model(cfg.model, in_channels=cfg.data.in_channels)
+        self.model = FxNet(net, mean, std, cfg.data.in_channels).to(self.device)
+        if cfg.runtime.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.init_info: dict[str, Any] | None = None
+        if cfg.train.init_checkpoint and not self.resume:
+            self._warm_start(Path(cfg.train.init_checkpoint), new_head_prefixes(net))
+        self.ema = Ema(self.model, cfg.train.ema.decay, cfg.train.ema.warmup_steps) if cfg.train.ema.enabled else None
+        self.ddp_model: torch.nn.Module = self.model
+        if self.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if on_gpu else None
+            )
+        self.forward_model = torch.compile(self.ddp_model) if cfg.runtime.compile else self.ddp_model
+
+        self.loss_fn = SegmentationLoss(cfg.loss)
+        self.augmenter = Augmenter(cfg.augment) if cfg.augment.enabled else None
+        self.sampler = BalancedSampler(
+            self.train_labels, cfg.sampler.positive_fraction, cfg.sampler.epoch_size, cfg.train.seed,
+            balanced=cfg.sampler.balanced,
+        )
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16 and on_gpu)
+        n_draws = len(self.sampler.epoch_indices(1)) // self.world
+        self.steps_per_epoch = max(1, n_draws // cfg.train.batch_size)
+        if cfg.train.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+
+    def _warm_start(self, path: Path, new_heads: tuple[str, ...]) -> None:
+        ckpt = load_checkpoint(path)
+        prefixed = tuple(f"net.{p}" for p in new_heads)
+        state = ckpt["model"]
+        # Keep this run's normalisation: the warm start brings weights, not data statistics.
+        state = {k: v for k, v in state.items() if k not in ("mean", "std")}
+        load_weights_into(self.model, state, allowed_missing=(*prefixed, "mean", "std"), source=str(path))
+        self.init_info = {"path": str(path.resolve()), "sha256": sha256_file(path)}
+
+    # -- checkpoint state --------------------------------------------------------
+    def _state(self, epoch: int, next_step: int, best: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
+        return {
+            "config_sha256": self.cfg.sha256(),
+            "config_yaml": self.cfg.to_yaml(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "ema": {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema else None,
+            "ema_updates": self.ema.updates if self.ema else 0,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "next_step": next_step,
+            "global_step": self.global_step,
+            "best": best,
+            "rng_torch": torch.get_rng_state(),
+            "rng_aug": gen.get_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "has_presence_head": self.model.has_presence_head,
+        }
+
+    def _eval_weights(self) -> torch.nn.Module:
+        return self.ema.module if self.ema else self.model
+
+    # -- validation ---------------------------------------------------------------
+    def _validate(self) -> dict[str, float]:
+        from fxbench.evaluate import presence_metrics, segmentation_metrics
+        from fxbench.models.inference import predict_tensors
+
+        val = self.data.splits["val"]
+        ev = self.cfg.eval
+        probs, pres = predict_tensors(
+            self._eval_weights(), val.images, val.boxes, tta=ev.tta, batch_size=self.cfg.train.eval_batch_size,
+            device=self.device, amp_dtype=self.amp, topk_frac=ev.presence_topk_frac,
+            channels_last=self.cfg.runtime.channels_last,
+        )
+        masks = val.masks[:, 0].numpy().astype(bool)
+        seg = segmentation_metrics(probs, masks, ev.threshold, ev.min_component)
+        source = ev.presence_source
+        if source == "auto" or (source == "head" and "head" not in pres):
+            source = "head" if "head" in pres else "max"
+        prm = presence_metrics(pres[source], val.labels, ev.presence_threshold)
+        out = {k: float(v) for k, v in {**seg, **prm}.items() if isinstance(v, (int, float, np.floating, np.integer))}
+        # A cheap val loss: BCE of the mean probability maps is not comparable; report seg BCE.
+        p = np.clip(probs, 1e-6, 1 - 1e-6)
+        out["loss"] = float(-(masks * np.log(p) + (~masks) * np.log(1 - p)).mean())
+        out["neg_loss"] = -out["loss"]
+        auc = out.get("roc_auc_presence", float("nan"))
+        out["auc_plus_dice_pos"] = (0.0 if math.isnan(auc) else auc) + out.get("dice_pos", 0.0)
+        return out
+
+    # -- main -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with run_lock(self.run_dir):
+                return self._run_locked()
+        return self._run_locked()
+
+    def _install_signals(self) -> dict[int, Any]:
+        old = {}
+
+        def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+            self.stop_requested = signal.Signals(signum).name
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                pass
+        return old
+
+    def _run_locked(self) -> dict[str, Any]:
+        self._setup()
+        cfg, run_dir = self.cfg, self.run_dir
+        ckpt_dir = run_dir / "checkpoints"
+        best: dict[str, Any] = {"score": None, "epoch": None, "metric": cfg.train.selection_metric, "stale": 0}
+        history: list[dict[str, Any]] = []
+        start_epoch, start_step, self.global_step = 1, 0, 0
+        gen = torch.Generator(device=self.device)
+        restored = None
+        if self.resume:
+            restored = self._restore(ckpt_dir / "last.pt")
+            start_epoch, start_step, best = restored["epoch"], restored["next_step"], restored["best"]
+            self.global_step = restored["global_step"]
+            history = _read_history(run_dir / "history.csv")
+        elif self.rank == 0:
+            self._write_run_start()
+        old_handlers = self._install_signals()
+        status = "failed"
+        try:
+            for epoch in range(start_epoch, cfg.train.epochs + 1):
+                if restored is not None and start_step > 0 and epoch == start_epoch:
+                    torch.set_rng_state(restored["rng_torch"])
+                    gen.set_state(restored["rng_aug"])
+                    first = start_step
+                else:
+                    torch.manual_seed(cfg.train.seed * 100_003 + epoch)
+                    gen.manual_seed(cfg.train.seed * 7_919 + epoch)
+                    first = 0
+                row = self._train_epoch(epoch, first, gen, best, ckpt_dir)
+                if row is None:  # interrupted
+                    status = "interrupted"
+                    return self._finish(status, best, history)
+                validate = epoch % cfg.train.val_every_epochs == 0 or epoch == cfg.train.epochs
+                if validate:
+                    row.update(self._validate_and_select(epoch, best, ckpt_dir))
+                history.append(row)
+                if self.rank == 0:
+                    save_checkpoint(ckpt_dir / "last.pt", self._state(epoch + 1, 0, best, gen))
+                    write_csv_atomic(run_dir / "history.csv", history, HISTORY_FIELDS)
+                patience = cfg.train.early_stopping_patience
+                if patience and best["stale"] >= patience:
+                    self.on_progress(Progress(epoch, cfg.train.epochs, 0, self.steps_per_epoch, 0.0, 0.0, 0.0,
+                                              event="early_stop"))
+                    break
+            status = "finished"
+            return self._finish(status, best, history)
+        except BaseException:
+            if self.rank == 0:
+                update_run_json(run_dir, status="failed", ended=now_iso())
+            raise
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+
+    def _train_epoch(self, epoch: int, first: int, gen: torch.Generator, best: dict[str, Any],
+                     ckpt_dir: Path) -> dict[str, Any] | None:
+        from fxbench.models.inference import autocast_ctx
+        from fxbench.train.samplers import crop_patches, shard
+
+        cfg = self.cfg
+        bs = cfg.train.batch_size
+        idx_all = self.sampler.epoch_indices(epoch)
+        if self.world > 1:
+            idx_all = shard(idx_all, self.rank, self.world)
+        self.ddp_model.train()
+        pw = self.loss_fn.presence_weight_at(epoch)
+        losses: list[float] = []
+        t0, seen = time.perf_counter(), 0
+        for step in range(first, self.steps_per_epoch):
+            if self.stop_requested:
+                if self.rank == 0:
+                    save_checkpoint(ckpt_dir / "last.pt", self._state(epoch, step, best, gen))
+                return None
+            idx = torch.from_numpy(idx_all[step * bs : (step + 1) * bs])
+            dev_idx = idx.to(self.train_images.device)
+            x = self.train_images.index_select(0, dev_idx).to(self.device, non_blocking=True).float().div_(255.0)
+            y = self.train_masks.index_select(0, dev_idx).to(self.device, non_blocking=True).float()
+            positive = torch.from_numpy(self.train_labels[idx.numpy()] > 0).to(self.device)
+            if cfg.sampler.patch.enabled:
+                x, y = crop_patches(x, y, positive, cfg.sampler.patch, gen)
+            if self.augmenter is not None:
+                x, y = self.augmenter(x, y, positive, gen)
+            if cfg.runtime.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = cfg.optim.lr * lr_factor(self.global_step, self.total_steps, self.steps_per_epoch, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast_ctx(self.device, self.amp):
+                logits, pres = self.forward_model(x)
+            loss, _parts = self.loss_fn(logits, y, pres, epoch)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1}",
+                    "lower optim.lr, set optim.grad_clip_norm=1.0, or use runtime.amp=bf16 instead of fp16",
+                )
+            self.scaler.scale(loss).backward()
+            if cfg.optim.grad_clip_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.global_step += 1
+            losses.append(float(loss.detach()))
+            seen += x.shape[0] * self.world
+            ips = seen / max(time.perf_counter() - t0, 1e-9)
+            self.on_progress(Progress(epoch, cfg.train.epochs, step + 1, self.steps_per_epoch, losses[-1], lr, ips))
+        secs = time.perf_counter() - t0
+        return {
+            "epoch": epoch, "step": self.global_step, "lr": lr if losses else 0.0,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"), "presence_weight": pw,
+            "seconds": round(secs, 3), "img_per_s": round(seen / max(secs, 1e-9), 2),
+        }
+
+    def _validate_and_select(self, epoch: int, best: dict[str, Any], ckpt_dir: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.rank == 0:
+            val = self._validate()
+            score = val.get(self.cfg.train.selection_metric, float("nan"))
+            improved = not math.isnan(score) and (best["score"] is None or score > best["score"])
+            if improved:
+                best.update(score=score, epoch=epoch, stale=0, val=val)
+                state = self._eval_weights().state_dict()
+                save_checkpoint(ckpt_dir / "best.pt", {
+                    "config_sha256": self.cfg.sha256(), "config_yaml": self.cfg.to_yaml(),
+                    "model": {k: v.detach().cpu() for k, v in state.items()},
+                    "epoch": epoch, "metrics": val, "has_presence_head": self.model.has_presence_head,
+                })
+            else:
+                best["stale"] += 1
+            out = {f"val_{k}": round(v, 6) for k, v in val.items() if f"val_{k}" in HISTORY_FIELDS}
+            out.update(selection=score, best=int(improved))
+            self.on_progress(Progress(epoch, self.cfg.train.epochs, self.steps_per_epoch, self.steps_per_epoch,
+                                      0.0, 0.0, 0.0, val=val, event="val"))
+        if self.world > 1:
+            flag = torch.tensor([best["stale"]], device=self.device if self.device.type == "cuda" else "cpu")
+            torch.distributed.broadcast(flag, 0)
+            best["stale"] = int(flag.item())
+        return out
+
+    def _restore(self, path: Path) -> dict[str, Any]:
+        ckpt = load_checkpoint(path, map_location="cpu")
+        if ckpt.get("config_sha256") != self.cfg.sha256():
+            raise CheckpointError(
+                f"cannot resume {self.run_dir}: its config changed since the checkpoint",
+                "resume with the run's own config.resolved.yaml (no --set), or start a new run",
+            )
+        load_weights_into(self.model, ckpt["model"], source=str(path))
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.updates = ckpt.get("ema_updates", 0)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        if ckpt["epoch"] > self.cfg.train.epochs:
+            raise CheckpointError(f"{self.run_dir} already finished all {self.cfg.train.epochs} epochs",
+                                  "nothing to resume; start a new run to train longer")
+        if self.rank == 0:
+            update_run_json(self.run_dir, status="running", resumed=now_iso())
+        return ckpt
+
+    def _write_run_start(self) -> None:
+        cfg, run_dir = self.cfg, self.run_dir
+        write_text_atomic(run_dir / "config.resolved.yaml", cfg.to_yaml())
+        write_json_atomic(run_dir / "env.json", environment(self.device))
+        update_run_json(
+            run_dir, status="running", started=now_iso(), seed=cfg.train.seed, config_sha256=cfg.sha256(),
+            prepared=str(Path(self.data.prepared_dir).resolve()), split_sha256=self.data.split_sha256,
+            cache=str(self.data.cache_path.name), cache_sha256=self.data.cache_sha256,
+            init_checkpoint=self.init_info, selection_metric=cfg.train.selection_metric,
+            steps_per_epoch=self.steps_per_epoch, world_size=self.world,
+            amp=str(self.amp).replace("torch.", "") if self.amp else "none",
+            normalization={"mean": float(self.model.mean), "std": float(self.model.std)},
+        )
+
+    def _finish(self, status: str, best: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+        summary = {
+            "status": status, "ended": now_iso(), "best_epoch": best["epoch"], "best_score": best["score"],
+            "epochs_done": len(history), "best_val": best.get("val"),
+        }
+        if self.rank == 0:
+            update_run_json(self.run_dir, **summary)
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        return {**summary, "run_dir": str(self.run_dir)}
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

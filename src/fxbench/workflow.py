@@ -1,0 +1,153 @@
+"""Orchestration over the stages: train sweeps, evaluate a run on a split under the seal.
+
+The CLI verbs and the demo call these; the stage packages stay independent of each other.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fxbench.config import Config
+from fxbench.errors import UsageError
+from fxbench.io import read_json, sha256_file, write_json_atomic
+
+
+def train_run(cfg: Config, run_dir: Path, resume: bool = False,
+              on_progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    from fxbench.train.loop import Trainer
+
+    return Trainer(cfg, run_dir, resume=resume, on_progress=on_progress).run()
+
+
+def train_sweep(cfg: Config, seeds: Sequence[int], root: Path, name: str,
+                on_progress: Callable[[Any], None] | None = None,
+                on_start: Callable[[int, Path], None] | None = None) -> dict[str, Any]:
+    """One run folder per seed under ``root/<name>-sweep/seed_<s>`` plus ``sweep.json``."""
+    sweep_dir = root / f"{name}-sweep"
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in seeds:
+        run_dir = sweep_dir / f"seed_{seed}"
+        seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
+        if on_start:
+            on_start(seed, run_dir)
+        summary = train_run(seeded, run_dir, on_progress=on_progress)
+        results.append({"seed": seed, "run_dir": str(run_dir), "status": summary["status"],
+                        "best_epoch": summary["best_epoch"], "best_score": summary["best_score"]})
+        write_json_atomic(sweep_dir / "sweep.json", {
+            "config_sha256_base": cfg.sha256(), "seeds": list(seeds), "selection_metric": cfg.train.selection_metric,
+            "results": results,
+        })
+    return {"sweep_dir": str(sweep_dir), "results": results}
+
+
+def _default_decision(cfg: Config) -> dict[str, Any]:
+    ev = cfg.eval
+    return {
+        "threshold": ev.threshold, "presence_source": ev.presence_source, "presence_threshold": ev.presence_threshold,
+        "min_component": ev.min_component, "tta": ev.tta, "source": "config", "selected_on": None,
+    }
+
+
+def _resolve_presence_source(decision: dict[str, Any], available: Sequence[str]) -> dict[str, Any]:
+    src = decision.get("presence_source", "auto")
+    if src == "auto" or src not in available:
+        src = "head" if "head" in available else "max"
+    return {**decision, "presence_source": src}
+
+
+def evaluate_run(
+    run_dir: Path,
+    split: str,
+    tta: str | None = None,
+    decision_path: Path | None = None,
+    threshold: float | None = None,
+    which: str = "best",
+    prepared: Path | None = None,
+    resolution: str | None = None,
+    bootstrap: int | None = None,
+    repredict: bool = False,
+    argv: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Predict (if needed) and score ``split``; the test split needs a decision or a threshold.
+
+    Writes ``RUN/predictions/<split>.npz`` and ``RUN/metrics/<split>.json``; a test evaluation
+    appends a line to ``RUN/test_access.log``. Returns the metrics dict.
+    """
+    from fxbench.evaluate import evaluate_predictions
+    from fxbench.predict.artifact import load_predictions
+    from fxbench.predict.infer import load_run_config, predict_split, subgroup_arrays
+
+    run_dir = Path(run_dir)
+    if split not in ("val", "test"):
+        raise UsageError(f"--split must be val or test, not {split!r}")
+    cfg = load_run_config(run_dir)
+    decision_sha = None
+    if split == "test":
+        from fxbench.select.seal import authorize_test
+
+        decision_obj = authorize_test(run_dir, decision_path, threshold)
+        decision = decision_obj.to_dict() if hasattr(decision_obj, "to_dict") else dict(decision_obj)
+        decision_sha = decision.get("sha256")
+    elif decision_path is not None:
+        decision = dict(read_json(decision_path))
+        decision_sha = sha256_file(decision_path)
+    else:
+        decision = _default_decision(cfg)
+        if threshold is not None:
+            decision.update(threshold=threshold, source="user-fixed")
+    tta = tta or decision.get("tta") or cfg.eval.tta
+    if decision.get("tta") and tta != decision["tta"]:
+        raise UsageError(f"--tta {tta} differs from the decision's tta {decision['tta']}",
+                         "drop --tta; the decision fixes it")
+    decision["tta"] = tta
+    art = run_dir / "predictions" / f"{split}.npz"
+    need = repredict or not art.is_file()
+    if not need:
+        meta = load_predictions(art).meta
+        need = meta.get("tta") != tta or meta.get("checkpoint") != f"{which}.pt"
+    if need:
+        predict_split(run_dir, split, tta=tta, prepared=prepared, which=which)
+    pred = load_predictions(art)
+    decision = _resolve_presence_source(decision, list(pred.presence))
+    metrics = evaluate_predictions(
+        pred, decision, bootstrap=cfg.eval.bootstrap if bootstrap is None else bootstrap,
+        seed=cfg.eval.bootstrap_seed, subgroups=subgroup_arrays(run_dir, split, prepared),
+        resolution=resolution or cfg.eval.resolution,
+        native_masks_loader=_native_loader(run_dir, cfg, prepared),
+    )
+    metrics["split"] = split
+    metrics["run"] = run_dir.name
+    metrics["tta"] = tta
+    metrics["decision_source"] = decision.get("source")
+    metrics["predictions_sha256"] = sha256_file(art)
+    metrics["checkpoint"] = f"{which}.pt"
+    out = run_dir / "metrics" / f"{split}.json"
+    write_json_atomic(out, metrics)
+    if split == "test":
+        from fxbench.select.seal import log_test_access, test_access_count
+
+        command = "fxbench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        log_test_access(run_dir, decision_sha, command)
+        metrics["test_accesses"] = test_access_count(run_dir)
+        write_json_atomic(out, metrics)
+    return metrics
+
+
+def _native_loader(run_dir: Path, cfg: Config, prepared: Path | None) -> Callable[[str], Any]:
+    from fxbench.predict.infer import _run_prepared
+
+    prep = Path(prepared) if prepared else _run_prepared(run_dir, cfg)
+
+    def load(image_id: str) -> Any:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(prep / "masks" / f"{Path(image_id).stem}.png") as im:
+            return (np.asarray(im.convert("L")) > 127).astype(np.uint8)
+
+    return load
