@@ -70,6 +70,14 @@ def pick_amp(kind: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def dist_info() -> tuple[int, int]:
     """(rank, world) from torchrun's environment; (0, 1) when not distributed."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -189,6 +197,8 @@ class Trainer:
         self.train_labels = train.labels
 
         mean, std = normalization_stats(cfg.data.normalize, self.data.mean, self.data.std)
+        # Initial weights come from the global RNG: seed it so a seed means one network.
+        seed_everything(cfg.train.seed)
         net = build_model(cfg.model, in_channels=cfg.data.in_channels)
         self.model = FxNet(net, mean, std, cfg.data.in_channels).to(self.device)
         if cfg.runtime.channels_last:
@@ -245,6 +255,7 @@ class Trainer:
             "rng_aug": gen.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "has_presence_head": self.model.has_presence_head,
+            "sampler": self.sampler.state_dict(),
         }
 
     def _eval_weights(self) -> torch.nn.Module:
@@ -334,6 +345,8 @@ class Trainer:
                 if validate:
                     row.update(self._validate_and_select(epoch, best, ckpt_dir))
                 history.append(row)
+                if cfg.sampler.hard_negative_mining and epoch < cfg.train.epochs:
+                    self._mine_hard_negatives()
                 if self.rank == 0:
                     save_checkpoint(ckpt_dir / "last.pt", self._state(epoch + 1, 0, best, gen))
                     write_csv_atomic(run_dir / "history.csv", history, HISTORY_FIELDS)
@@ -440,6 +453,26 @@ class Trainer:
             best["stale"] = int(flag.item())
         return out
 
+    @torch.no_grad()
+    def _mine_hard_negatives(self) -> None:
+        """Score every train negative; the top quarter by max probability become hard negatives.
+
+        Every rank computes the same list (same weights after DDP sync), so no broadcast is needed.
+        """
+        from fxbench.models.inference import predict_tensors
+
+        train = self.data.splits["train"]
+        neg = np.flatnonzero(self.train_labels == 0)
+        if len(neg) == 0:
+            return
+        _, pres = predict_tensors(
+            self.model, train.images[neg], train.boxes[neg], batch_size=self.cfg.train.eval_batch_size,
+            device=self.device, amp_dtype=self.amp,
+        )
+        k = max(1, len(neg) // 4)
+        hard = neg[np.argsort(-pres["max"], kind="stable")[:k]]
+        self.sampler.set_hard_negatives(hard, self.cfg.sampler.mining_fraction)
+
     def _restore(self, path: Path) -> dict[str, Any]:
         ckpt = load_checkpoint(path, map_location="cpu")
         if ckpt.get("config_sha256") != self.cfg.sha256():
@@ -452,6 +485,8 @@ class Trainer:
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.updates = ckpt.get("ema_updates", 0)
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("sampler") is not None:
+            self.sampler.load_state_dict(ckpt["sampler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         if ckpt.get("rng_cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
