@@ -39,9 +39,9 @@ def tiny_cfg(prep: Path, **extra: str):
 def test_training_learns(easy: Path, tmp_path: Path) -> None:
     cfg = load_config(None, [
         f"data.prepared={easy}", "data.image_size=64", "model.name=unet", "model.base_channels=8",
-        "train.epochs=6", "train.batch_size=8", "train.max_steps_per_epoch=8", "eval.bootstrap=0",
-        "runtime.device=cpu", "runtime.channels_last=false", "optim.lr=5e-3", "augment.enabled=false",
-        "eval.threshold=0.5",
+        "train.epochs=6", "train.batch_size=8", "sampler.epoch_size=64", "eval.bootstrap=0",
+        "runtime.device=cpu", "runtime.channels_last=false", "optim.lr=1e-2", "augment.enabled=false",
+        "schedule.name=cosine", "eval.threshold=0.5",
     ], environ={})
     summary = Trainer(cfg, tmp_path / "run").run()
     assert summary["status"] == "finished"
@@ -49,10 +49,11 @@ def test_training_learns(easy: Path, tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 6
     first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
-    assert last < 0.6 * first, (first, last)
+    assert last < 0.8 * first, (first, last)
+    # An untrained network scores ~0 dice_pos; the bars are easy, so a few dozen steps find them.
     best = max(float(r["val_dice_pos"]) for r in rows)
-    assert best > 0.3, best
-    assert float(rows[-1]["val_dice_pos"]) > float(rows[0]["val_dice_pos"])
+    assert best > 0.5, best
+    assert float(rows[0]["val_roc_auc_presence"]) > 0.5
 
 
 def test_run_folder_contents(easy: Path, tmp_path: Path) -> None:
@@ -183,3 +184,13 @@ def test_ddp_two_processes_gloo(easy: Path, tmp_path: Path) -> None:
     # 28 train images -> 28 draws per epoch, sharded 14 per rank, batch 4 -> 3 steps.
     assert info["steps_per_epoch"] == 3
     assert (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_hard_negative_mining_state_saved(easy: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(easy, **{"train.epochs": "2", "sampler.hard_negative_mining": "true",
+                            "sampler.mining_fraction": "0.5"})
+    Trainer(cfg, tmp_path / "m").run()
+    state = load_checkpoint(tmp_path / "m" / "checkpoints" / "last.pt")["sampler"]
+    # The top quarter of the train negatives (by max probability) are kept as hard negatives.
+    assert 1 <= len(state["hard_negatives"]) <= 28 // 4 + 1
+    assert state["hard_fraction"] == 0.5

@@ -91,8 +91,8 @@ def evaluate_run(
         from fxbench.select.seal import authorize_test
 
         decision_obj = authorize_test(run_dir, decision_path, threshold)
-        decision = decision_obj.to_dict() if hasattr(decision_obj, "to_dict") else dict(decision_obj)
-        decision_sha = decision.get("sha256")
+        decision = decision_obj.model_dump(mode="json")
+        decision_sha = decision_obj.sha256()
     elif decision_path is not None:
         decision = dict(read_json(decision_path))
         decision_sha = sha256_file(decision_path)

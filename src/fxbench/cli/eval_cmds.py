@@ -37,7 +37,7 @@ def eval_(
     run: Path | None = typer.Argument(None, help="Run folder (omit with --predictions)."),
     split: str = typer.Option("val", "--split", help="val or test (test needs --decision or --threshold)."),
     tta: str | None = typer.Option(None, "--tta", help="none, h, v, hv or d4 (default: the decision's or config's)."),
-    decision: Path | None = typer.Option(None, "--decision", help="decision.json from `fxbench tune` (test: default RUN/decision.json)."),
+    decision: Path | None = typer.Option(None, "--decision", help="decision.json from `fxbench tune` (the test split needs it, or --threshold)."),
     threshold: float | None = typer.Option(None, "--threshold", help="A user-fixed pixel threshold (recorded as such)."),
     which: str = typer.Option("best", "--which", help="Checkpoint: best or last."),
     prepared: Path | None = typer.Option(None, "--prepared", help="Prepared folder (default: the run's)."),

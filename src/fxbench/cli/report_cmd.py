@@ -1,9 +1,92 @@
-"""Verbs of this group are added here as they become real (no stub verbs)."""
+"""`fxbench report` (leaderboard + plots) and `fxbench export nnunet` (a peer's dataset)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from fxbench.cli.common import console, handle_errors, out
+
+export_app = typer.Typer(help="Export data for other tools (nnU-Net).", no_args_is_help=True)
+
+
+@handle_errors
+def report(
+    paths: list[Path] = typer.Argument(..., help="Run, ensemble or blend folders, or folders of them (e.g. runs/)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for leaderboard.md/json, report.md and plots."),
+    prepared: Path | None = typer.Option(None, "--prepared", help="Prepared folder for overlay images (default: each run's)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw PNG plots."),
+    cases: int = typer.Option(8, "--cases", min=1, max=32, help="Best and worst cases per overlay grid."),
+    json_out: bool = typer.Option(False, "--json", help="Print the leaderboard rows as JSON on stdout."),
+) -> None:
+    """Leaderboard (dice_pos, AUC, AP with CIs; split, TTA, decision, test accesses) and plots."""
+    from rich.table import Table
+
+    from fxbench.report import build_report
+
+    summary = build_report(paths, out_dir, prepared=prepared, plots=plots, cases=cases)
+    rows = summary["rows"]
+    if json_out:
+        out.print(json.dumps(rows, default=str), markup=False)
+    table = Table(title=f"leaderboard ({len(rows)} entries)")
+    for col in ("#", "name", "kind", "split", "dice_pos", "AUC", "AP", "decision", "test acc."):
+        table.add_column(col, justify="right" if col in ("#", "dice_pos", "AUC", "AP", "test acc.") else "left")
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for i, r in enumerate(rows, start=1):
+        table.add_row(str(i), r["name"], r["kind"], r["split"] or "-", f(r["dice_pos"]), f(r["roc_auc_presence"]),
+                      f(r["average_precision_presence"]), str(r["decision_source"] or "-"), str(r["test_accesses"]))
+    console.print(table)
+    console.print(f"wrote {out_dir / 'leaderboard.md'}, {out_dir / 'report.md'}" + (" and plots" if plots else ""),
+                  markup=False)
+    no_metrics = [r["name"] for r in rows if r["split"] is None]
+    val_only = [r["name"] for r in rows if r["split"] == "val"]
+    if no_metrics:
+        console.print(f"{len(no_metrics)} entries have no metrics yet; next: fxbench eval <run> --split val "
+                      f"(e.g. {no_metrics[0]})", markup=False)
+    if val_only:
+        console.print(f"{len(val_only)} entries show val only; next: fxbench tune <run>, then "
+                      f"fxbench eval <run> --split test (e.g. {val_only[0]})", markup=False)
+    if not no_metrics and not val_only:
+        console.print(f"next: open {out_dir / 'report.md'}", markup=False)
+
+
+@export_app.command("nnunet")
+@handle_errors
+def export_nnunet_cmd(
+    prepared: Path = typer.Argument(..., help="Prepared folder (output of `fxbench prepare`)."),
+    out_dir: Path = typer.Argument(..., help="nnU-Net raw folder (nnUNet_raw) to write Dataset<id>_<name> into."),
+    dataset_id: int = typer.Option(501, "--dataset-id", help="nnU-Net dataset id (500-999)."),
+    name: str = typer.Option("FracAtlas", "--name", help="Dataset name (alphanumeric)."),
+    test_labels: bool = typer.Option(False, "--test-labels", help="Also write labelsTs (off: test stays sealed)."),
+    archive: Path | None = typer.Option(None, "--archive", help="FracAtlas zip/folder if images are not next to PREP."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export."),
+) -> None:
+    """Write an nnU-Net v2 raw dataset whose fold 0 is fxbench's train/val split."""
+    from rich.progress import Progress
+
+    from fxbench.select.peers import export_nnunet, nnunet_commands
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("exporting", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        root = export_nnunet(prepared, out_dir, dataset_id=dataset_id, name=name, test_labels=test_labels,
+                             archive=archive, overwrite=force, progress=tick)
+    console.print(f"wrote {root} (imagesTr/labelsTr = train+val, imagesTs = test, splits_final.json = our split)",
+                  markup=False)
+    console.print("next:", markup=False)
+    for line in nnunet_commands(root):
+        console.print(f"  {line.replace('PREP', str(prepared))}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's verbs to ``app``."""
+    """Add report and the export group to ``app``."""
+    app.command("report")(report)
+    app.add_typer(export_app, name="export")

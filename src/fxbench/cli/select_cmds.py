@@ -1,9 +1,254 @@
-"""Verbs of this group are added here as they become real (no stub verbs)."""
+"""`fxbench tune | ensemble | blend`: choices on val from saved predictions, test once.
+
+These verbs read ``RUN/predictions/<split>.npz``. When a run lacks them, the network is run
+once through ``fxbench.predict.infer.predict_split`` (imported only then: torch stays out of
+``--help`` and out of runs that already have their predictions).
+"""
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from fxbench.cli.common import console, handle_errors, out
+
+_TUNE_METRICS = "dice_pos, iou_pos, dice, iou or auc_plus_dice_pos"
+
+
+def _command_line() -> str:
+    return "fxbench " + shlex.join(sys.argv[1:])
+
+
+def _ensure_predictions(run: Path, split: str, tta: str | None) -> None:
+    """Write RUN/predictions/<split>.npz with the run's network if it is missing."""
+    if (run / "predictions" / f"{split}.npz").is_file():
+        return
+    from fxbench.errors import DataError
+
+    if not (run / "checkpoints").is_dir():
+        raise DataError(
+            f"{run} has no {split} predictions and no checkpoints to make them",
+            f"run `fxbench eval {run} --split val`, or pass a trained run",
+        )
+    try:
+        from fxbench.predict.infer import predict_split
+    except ImportError as err:  # a core install without the training stack
+        raise DataError(f"{run} has no {split} predictions and inference is unavailable ({err})") from err
+    console.print(f"predicting {split} for {run} (tta {tta or 'from config'})", markup=False)
+    predict_split(run, split, tta)
+
+
+def _grid(start: float, stop: float, step: float) -> Any:
+    from fxbench.select.tune import threshold_grid
+
+    return threshold_grid(start, stop, step)
+
+
+def _fmt(v: Any, nd: int = 4) -> str:
+    if v is None:
+        return "-"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return "nan" if f != f else f"{f:.{nd}f}"
+
+
+def _metrics_rows(table: Any, label: str, metrics: dict[str, Any] | None) -> None:
+    if not metrics:
+        return
+    for key in ("dice_pos", "iou_pos", "roc_auc_presence", "average_precision_presence"):
+        ci = metrics.get(f"{key}_ci95")
+        ci_s = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if isinstance(ci, list) and None not in ci else ""
+        table.add_row(label, key, _fmt(metrics.get(key)), ci_s)
+
+
+def _result_table(title: str, val: dict[str, Any] | None, test: dict[str, Any] | None) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col, just in (("split", "left"), ("metric", "left"), ("value", "right"), ("95% CI", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    _metrics_rows(table, "val", val)
+    _metrics_rows(table, "test (once)", test)
+    return table
+
+
+# --------------------------------------------------------------------------------------
+# tune
+
+
+@handle_errors
+def tune(
+    run: Path = typer.Argument(..., help="Run folder (with predictions/val.npz, or a checkpoint to make it)."),
+    split: str = typer.Option("val", "--split", help="Always val: tuning on test is refused (exit 4)."),
+    metric: str = typer.Option("dice_pos", "--metric", help=f"Selection metric: {_TUNE_METRICS}."),
+    min_component: list[int] | None = typer.Option(
+        None, "--min-component", help="Minimum predicted component sizes to try (repeatable; 0 = off)."
+    ),
+    presence_rule: str = typer.Option("f1", "--presence-rule", help="Presence threshold rule on val: f1 or youden."),
+    presence_source: list[str] | None = typer.Option(
+        None, "--presence-source", help="Restrict presence sources (repeatable; default: all in the artifact)."
+    ),
+    start: float = typer.Option(0.05, "--start", help="Pixel threshold grid start."),
+    stop: float = typer.Option(0.95, "--stop", help="Pixel threshold grid stop (inclusive)."),
+    step: float = typer.Option(0.05, "--step", help="Pixel threshold grid step."),
+    tta: str | None = typer.Option(None, "--tta", help="TTA if val must be predicted first (default: the run's)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the decision JSON on stdout."),
+) -> None:
+    """Choose threshold, presence source and presence threshold on val; write RUN/decision.json."""
+    from rich.table import Table
+
+    from fxbench.errors import ProtocolError
+    from fxbench.select.tune import tune_run
+
+    if split != "val":
+        raise ProtocolError(
+            f"tune chooses on val only, not '{split}': the test split is sealed",
+            f"run `fxbench tune {run}`, then `fxbench eval {run} --split test --decision {run / 'decision.json'}`",
+        )
+    _ensure_predictions(run, "val", tta)
+    result = tune_run(
+        run, "val", metric=metric, thresholds=_grid(start, stop, step),
+        min_components=min_component or [0], presence_sources=presence_source or None, presence_rule=presence_rule,
+    )
+    d = result.decision
+    if json_out:
+        out.print(json.dumps(d.to_dict()), markup=False)
+    grid = Table(title=f"{run.name}: val {metric} by pixel threshold (top 5)")
+    for col in ("threshold", "min_component", "dice_pos", "iou_pos", "dice", "recall_pos"):
+        grid.add_column(col, justify="right")
+    key = "dice_pos" if metric == "auc_plus_dice_pos" else metric
+    top = sorted(result.grid, key=lambda r: -(r[key] if r[key] == r[key] else -1.0))[:5]
+    for r in top:
+        grid.add_row(_fmt(r["threshold"], 2), str(r["min_component"]), *(_fmt(r[k]) for k in ("dice_pos", "iou_pos", "dice", "recall_pos")))
+    console.print(grid)
+    pres = Table(title="presence sources on val")
+    for col in ("source", "AUC", "AP", f"threshold ({presence_rule})"):
+        pres.add_column(col, justify="right")
+    for r in result.presence:
+        mark = " *" if r["presence_source"] == d.presence_source else ""
+        pres.add_row(r["presence_source"] + mark, _fmt(r["roc_auc_presence"]), _fmt(r["average_precision_presence"]),
+                     _fmt(r["presence_threshold"]))
+    console.print(pres)
+    console.print(
+        f"decision (val): threshold {d.threshold:g}, min_component {d.min_component}, presence {d.presence_source} "
+        f">= {d.presence_threshold:.4f}; wrote {run / 'decision.json'}",
+        markup=False,
+    )
+    console.print(f"next: fxbench eval {run} --split test --decision {run / 'decision.json'}", markup=False)
+
+
+# --------------------------------------------------------------------------------------
+# ensemble
+
+
+@handle_errors
+def ensemble(
+    runs: list[Path] = typer.Argument(..., help="Two or more run folders predicting the same split."),
+    out_dir: Path = typer.Option(..., "--out", help="New folder for the ensemble (run layout)."),
+    metric: str = typer.Option("dice_pos", "--metric", help=f"Selection metric on val: {_TUNE_METRICS}."),
+    min_component: list[int] | None = typer.Option(None, "--min-component", help="Min component sizes to try."),
+    presence_rule: str = typer.Option("f1", "--presence-rule", help="Presence threshold rule on val: f1 or youden."),
+    start: float = typer.Option(0.05, "--start", help="Pixel threshold grid start."),
+    stop: float = typer.Option(0.95, "--stop", help="Pixel threshold grid stop."),
+    step: float = typer.Option(0.05, "--step", help="Pixel threshold grid step."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for CIs (0 = off)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    tta: str | None = typer.Option(None, "--tta", help="TTA for members that must be predicted (default: each run's)."),
+    test: bool = typer.Option(True, "--test/--no-test", help="Evaluate test once with the frozen decision."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary JSON on stdout."),
+) -> None:
+    """Average N runs' probability maps and presence scores; choose on val; test once."""
+    from fxbench.errors import UsageError
+    from fxbench.select.ensemble import run_ensemble
+
+    if len(runs) < 2:
+        raise UsageError("an ensemble needs at least two runs")
+    for run in runs:
+        _ensure_predictions(run, "val", tta)
+        if test:
+            _ensure_predictions(run, "test", tta)
+    summary = run_ensemble(
+        runs, out_dir, metric=metric, thresholds=_grid(start, stop, step), min_components=min_component or [0],
+        presence_rule=presence_rule, bootstrap=bootstrap, seed=seed, test=test, command=_command_line(),
+    )
+    _finish(summary, out_dir, runs, json_out, f"ensemble of {len(runs)} runs -> {out_dir}")
+
+
+def _finish(summary: dict[str, Any], out_dir: Path, inputs: list[Path], json_out: bool, title: str) -> None:
+    d = summary["decision"]
+    if json_out:
+        slim = {k: v for k, v in summary.items() if k not in ("tune", "best")}
+        out.print(json.dumps(slim, default=str), markup=False)
+    console.print(_result_table(title, summary["val"], summary["test"]))
+    weights = ", ".join(f"{k} {d[k]:g}" for k in ("alpha", "beta", "gamma") if d.get(k) is not None)
+    console.print(
+        f"frozen on val: threshold {d['threshold']:g}, presence {d['presence_source']} >= {d['presence_threshold']:.4f}"
+        + (f", {weights}" if weights else ""),
+        markup=False,
+    )
+    if summary["test"] is None:
+        console.print(f"test not evaluated (--no-test); decision in {out_dir / 'decision.json'}", markup=False)
+    report_dir = out_dir.parent / "report"
+    console.print(
+        f"next: fxbench report {out_dir} {' '.join(shlex.quote(str(r)) for r in inputs)} --out {report_dir}", markup=False
+    )
+
+
+# --------------------------------------------------------------------------------------
+# blend
+
+
+@handle_errors
+def blend(
+    run_a: Path = typer.Argument(..., help="Run A (the seed's dual-head model)."),
+    run_b: Path = typer.Argument(..., help="Run B."),
+    out_dir: Path = typer.Option(..., "--out", help="New folder for the blend (run layout)."),
+    classifier: Path | None = typer.Option(None, "--classifier", help="A presence classifier run for three-way fusion (gamma)."),
+    rule: str = typer.Option("best_joint", "--rule", help="best_auc, best_dice_pos or best_joint (AUC + dice_pos)."),
+    alpha_step: float = typer.Option(0.1, "--alpha-step", help="Mask weight grid step over [0, 1]."),
+    beta_step: float = typer.Option(0.1, "--beta-step", help="Presence weight grid step over [0, 1]."),
+    gamma_step: float = typer.Option(0.05, "--gamma-step", help="Classifier fusion grid step over [0, 1]."),
+    start: float = typer.Option(0.05, "--start", help="Pixel threshold grid start."),
+    stop: float = typer.Option(0.95, "--stop", help="Pixel threshold grid stop."),
+    step: float = typer.Option(0.05, "--step", help="Pixel threshold grid step."),
+    presence_a: str = typer.Option("auto", "--presence-a", help="A's presence source (auto = head, else max)."),
+    presence_b: str = typer.Option("max", "--presence-b", help="B's presence source (the seed: max)."),
+    presence_classifier: str = typer.Option("auto", "--presence-classifier", help="Classifier's presence source."),
+    presence_rule: str = typer.Option("f1", "--presence-rule", help="Presence threshold rule on val: f1 or youden."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for CIs (0 = off)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    tta: str | None = typer.Option(None, "--tta", help="TTA for members that must be predicted."),
+    test: bool = typer.Option(True, "--test/--no-test", help="Evaluate test once with the frozen decision."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary JSON on stdout."),
+) -> None:
+    """Blend two runs (alpha masks, beta presence) and optionally a classifier (gamma), on probabilities."""
+    from fxbench.select.blend import run_blend
+    from fxbench.select.tune import unit_grid
+
+    members = [run_a, run_b] + ([classifier] if classifier is not None else [])
+    for run in members:
+        _ensure_predictions(run, "val", tta)
+        if test:
+            _ensure_predictions(run, "test", tta)
+    summary = run_blend(
+        run_a, run_b, out_dir, classifier, rule=rule, alphas=list(unit_grid(alpha_step)), betas=list(unit_grid(beta_step)),
+        gammas=list(unit_grid(gamma_step)) if classifier is not None else [1.0], thresholds=_grid(start, stop, step),
+        presence_a=presence_a, presence_b=presence_b, presence_classifier=presence_classifier,
+        presence_rule=presence_rule, bootstrap=bootstrap, seed=seed, test=test, command=_command_line(),
+    )
+    console.print(f"searched {summary['num_rows']} grid rows on val; full grid in {out_dir / 'grid.csv'}", markup=False)
+    _finish(summary, out_dir, members, json_out, f"blend ({rule}) -> {out_dir}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's verbs to ``app``."""
+    """Add tune, ensemble and blend to ``app``."""
+    app.command("tune")(tune)
+    app.command("ensemble")(ensemble)
+    app.command("blend")(blend)

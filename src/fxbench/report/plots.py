@@ -1,0 +1,243 @@
+"""PNG plots from saved artifacts (matplotlib, Agg, no pyplot global state).
+
+* :func:`plot_roc` / :func:`plot_pr`: presence ROC and precision-recall curves of one or many
+  result folders on one split (points from ``fxbench.evaluate.roc_curve`` /
+  ``precision_recall_curve``, AUC/AP in the legend from the same module).
+* :func:`plot_calibration`: reliability diagram of the presence score (equal-width bins from
+  ``fxbench.evaluate.calibration_bins``) with the score histogram below.
+* :func:`plot_training`: losses, val metrics and learning rate from ``RUN/history.csv``.
+* :func:`plot_threshold_curve`: val metrics against the pixel threshold from ``tune/grid.csv``.
+* :func:`plot_overlays`: best or worst positive cases by per-image Dice at the frozen operating
+  point: image (from the prepared cache when available, else the probability map), ground
+  truth contour (green) and prediction contour (red).
+
+Every figure is rendered into memory and written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fxbench.io import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from fxbench.predict.artifact import Predictions
+
+DPI = 110
+GT_COLOUR = "#2ca02c"
+PRED_COLOUR = "#d62728"
+
+
+def _figure(width: float, height: float) -> Figure:
+    # Figure() without pyplot: no global backend switch, safe in library code and threads.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` as PNG and write it atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    write_bytes_atomic(path, buf.getvalue())
+    return Path(path)
+
+
+def _label(name: str, value: float, what: str) -> str:
+    return f"{name} ({what} {value:.3f})" if not math.isnan(value) else f"{name} ({what} n/a)"
+
+
+def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "Presence ROC") -> Path:
+    """ROC curves; ``curves`` holds (name, scores [N], labels [N]) per entry."""
+    from fxbench.evaluate import roc_auc, roc_curve
+
+    fig = _figure(5.2, 5.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    for name, scores, labels in curves:
+        c = roc_curve(scores, labels)
+        ax.step(c["fpr"], c["tpr"], where="post", lw=1.5, label=_label(name, roc_auc(scores, labels), "AUC"))
+    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_pr(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "Presence precision-recall") -> Path:
+    """Precision-recall curves (step-wise, as AP integrates them) with the prevalence line."""
+    from fxbench.evaluate import average_precision, precision_recall_curve
+
+    fig = _figure(5.2, 5.0)
+    ax = fig.add_subplot()
+    for name, scores, labels in curves:
+        c = precision_recall_curve(scores, labels)
+        ax.step(np.r_[0.0, c["recall"]], np.r_[1.0, c["precision"]], where="pre", lw=1.5,
+                label=_label(name, average_precision(scores, labels), "AP"))
+    if curves:
+        prevalence = float(np.mean(np.asarray(curves[0][2]) > 0))
+        ax.axhline(prevalence, ls=":", c="grey", lw=1, label=f"prevalence {prevalence:.3f}")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="upper right", fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_calibration(
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, n_bins: int = 10,
+    title: str = "Presence calibration",
+) -> Path:
+    """Reliability diagram (fraction positive vs mean score per bin) and score histograms."""
+    from fxbench.evaluate import brier_score, calibration_bins
+
+    fig = _figure(5.2, 6.2)
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    top.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    edges = np.linspace(0, 1, n_bins + 1)
+    for name, scores, labels in curves:
+        s = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+        b = calibration_bins(s, labels, n_bins)
+        ok = b["count"] > 0
+        top.plot(b["mean_score"][ok], b["fraction_positive"][ok], marker="o", ms=4, lw=1.2,
+                 label=_label(name, brier_score(s, labels), "Brier"))
+        bottom.hist(s, bins=edges, histtype="step", lw=1.2)
+    top.set(ylabel="fraction with fracture", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set(xlabel="presence score", ylabel="images")
+    return save_figure(fig, path)
+
+
+def read_history(path: str | Path) -> dict[str, np.ndarray]:
+    """``history.csv`` as float columns (blank cells -> NaN)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    cols: dict[str, np.ndarray] = {}
+    for key in rows[0] if rows else []:
+        vals = []
+        for r in rows:
+            try:
+                vals.append(float(r[key]))
+            except (TypeError, ValueError):
+                vals.append(float("nan"))
+        cols[key] = np.array(vals)
+    return cols
+
+
+def plot_training(history_csv: str | Path, path: str | Path, title: str = "Training") -> Path | None:
+    """Loss, val metrics and learning rate per epoch; None when the history is empty."""
+    h = read_history(history_csv)
+    if not h or "epoch" not in h or not len(h["epoch"]):
+        return None
+    x = h["epoch"]
+    fig = _figure(10.5, 3.6)
+    ax_loss, ax_val, ax_lr = fig.subplots(1, 3)
+    for key in ("train_loss", "val_loss"):
+        if key in h and np.isfinite(h[key]).any():
+            ax_loss.plot(x, h[key], marker=".", label=key)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    for key in ("val_dice_pos", "val_iou_pos", "val_roc_auc_presence", "val_average_precision_presence"):
+        if key in h and np.isfinite(h[key]).any():
+            ax_val.plot(x, h[key], marker=".", label=key.removeprefix("val_"))
+    if "best" in h and np.isfinite(h["best"]).any() and "val_dice_pos" in h:
+        best = h["best"] > 0
+        ax_val.scatter(x[best], h["val_dice_pos"][best], marker="*", s=60, c="k", zorder=3, label="best checkpoint")
+    ax_val.set(xlabel="epoch", ylabel="val metric", ylim=(0, 1), title="validation")
+    if "lr" in h and np.isfinite(h["lr"]).any():
+        ax_lr.plot(x, h["lr"], c="tab:purple")
+        if np.nanmin(h["lr"]) > 0:
+            ax_lr.set_yscale("log")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="schedule")
+    for ax in (ax_loss, ax_val):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_threshold_curve(grid_csv: str | Path, path: str | Path, chosen: float | None = None,
+                         title: str = "Val metrics vs pixel threshold") -> Path | None:
+    """Metrics of ``tune/grid.csv`` (min_component 0 rows) against the threshold."""
+    h = read_history(grid_csv)
+    if not h or "threshold" not in h:
+        return None
+    keep = h.get("min_component", np.zeros_like(h["threshold"])) == 0
+    fig = _figure(5.6, 4.0)
+    ax = fig.add_subplot()
+    for key in ("dice_pos", "iou_pos", "dice", "precision_pos", "recall_pos"):
+        if key in h:
+            ax.plot(h["threshold"][keep], h[key][keep], marker=".", label=key)
+    if chosen is not None:
+        ax.axvline(chosen, c="k", ls="--", lw=1, label=f"chosen {chosen:g}")
+    ax.set(xlabel="pixel threshold", ylabel="val metric", ylim=(0, 1), title=title)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def select_cases(
+    pred: Predictions, decision: dict[str, Any], which: str = "worst", k: int = 8
+) -> list[tuple[int, float]]:
+    """(index, dice) of the ``k`` best or worst fracture-positive images at the operating point.
+
+    Per-image Dice comes from ``fxbench.evaluate.compute_per_image_stats``; ties keep id order.
+    """
+    from fxbench.evaluate import compute_per_image_stats
+
+    stats = compute_per_image_stats(pred, decision, "cache", lesions=False)
+    pos = np.flatnonzero(stats.gt_positive)
+    if not len(pos):
+        return []
+    dice = stats.dice[pos]
+    order = np.argsort(-dice if which == "best" else dice, kind="stable")
+    return [(int(pos[i]), float(dice[i])) for i in order[:k]]
+
+
+def plot_overlays(
+    pred: Predictions,
+    decision: dict[str, Any],
+    path: str | Path,
+    which: str = "worst",
+    k: int = 8,
+    images: np.ndarray | None = None,
+    title: str | None = None,
+) -> Path | None:
+    """Grid of cases: grey image (or probability map), GT contour green, prediction red.
+
+    ``images`` are the cache images [N,S,S] aligned with ``pred`` (None: draw the probability
+    map instead). Each tile is cropped to the letterbox box. None when no positive image.
+    """
+    from fxbench.evaluate import threshold_probs
+
+    cases = select_cases(pred, decision, which, k)
+    if not cases:
+        return None
+    cols = min(4, len(cases))
+    rows = math.ceil(len(cases) / cols)
+    fig = _figure(2.6 * cols, 2.8 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    thr = float(decision["threshold"])
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, (i, dice) in zip(axes, cases, strict=False):
+        top, left, h, w = (int(v) for v in pred.boxes[i])
+        if h <= 0 or w <= 0:  # artifacts without geometry: show the whole square
+            top, left, h, w = 0, 0, pred.size, pred.size
+        crop = (slice(top, top + h), slice(left, left + w))
+        if images is not None:
+            ax.imshow(images[i][crop], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(pred.probs[i][crop].astype(np.float32), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        gt = pred.masks[i][crop] > 0
+        pm = threshold_probs(pred.probs[i][crop], thr)
+        if gt.any():
+            ax.contour(gt.astype(np.float32), levels=[0.5], colors=[GT_COLOUR], linewidths=1.0)
+        if pm.any() and pm.shape[0] > 1 and pm.shape[1] > 1:
+            ax.contour(pm.astype(np.float32), levels=[0.5], colors=[PRED_COLOUR], linewidths=1.0)
+        ax.set_title(f"{pred.image_ids[i]}\nDice {dice:.3f}", fontsize=7)
+    fig.suptitle(title or f"{which} {len(cases)} fracture cases (green: truth, red: prediction @ {thr:g})", fontsize=9)
+    return save_figure(fig, path)

@@ -1,0 +1,304 @@
+"""``fxbench ensemble``: average saved predictions of N runs, choose on val, test once.
+
+The ensemble of runs r_1..r_M on a split is the arithmetic mean of their probability maps and
+of each presence score source they all have. One more source, ``mean_map_max`` (the maximum
+of the averaged map), is the seed's ensemble presence score. Members must be predictions of the
+same images from the same cache (ids, ground truth and cache/split hashes are checked).
+
+The output folder has the layout of a run, so ``report`` and ``eval``'s seal treat it alike::
+
+    DIR/members.json  DIR/predictions/{val,test}.npz  DIR/decision.json  DIR/tune/*.csv
+    DIR/metrics/{val,test}.json  DIR/test_access.log
+
+This module and :mod:`fxbench.select.blend` share the folder helpers defined here
+(:func:`load_member`, :func:`evaluate_into`, :func:`guard_test_once`).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fxbench.errors import DataError, ProtocolError, UsageError
+from fxbench.io import write_json_atomic
+from fxbench.select.decision import DECISION_FILE, Decision
+from fxbench.select.seal import authorize_test, log_test_access, read_test_access, test_access_count
+
+if TYPE_CHECKING:
+    from fxbench.predict.artifact import Predictions
+
+@dataclass
+class Member:
+    """One input run of an ensemble or blend: its folder, name and loaded predictions."""
+
+    run_dir: Path
+    name: str
+    pred: Predictions
+    sha256: str
+
+    def record(self) -> dict[str, Any]:
+        """What members.json says about this member."""
+        return {
+            "run": str(self.run_dir.resolve()),
+            "name": self.name,
+            "split": self.pred.meta.get("split"),
+            "predictions_sha256": self.sha256,
+            "tta": self.pred.meta.get("tta"),
+            "checkpoint_sha256": self.pred.meta.get("checkpoint_sha256"),
+            "presence_sources": sorted(self.pred.presence),
+        }
+
+
+def load_member(run_dir: str | Path, split: str) -> Member:
+    """Load ``RUN/predictions/<split>.npz`` with its sha256 (DataError with a fix when missing)."""
+    from fxbench.predict.artifact import load_predictions, predictions_sha256
+
+    run_dir = Path(run_dir)
+    path = run_dir / "predictions" / f"{split}.npz"
+    if not path.is_file():
+        raise DataError(
+            f"{run_dir} has no {split} predictions ({path})",
+            f"run `fxbench eval {run_dir} --split val` (test predictions are written by the ensemble/blend verbs)",
+        )
+    sha = predictions_sha256(path)
+    return Member(run_dir=run_dir, name=run_dir.name, pred=load_predictions(path), sha256=sha)
+
+
+def check_compatible(members: Sequence[Member], *, ground_truth: bool = True) -> None:
+    """Members must describe the same images (same ids, order and, by default, ground truth).
+
+    Raises:
+        DataError: naming the first member that differs and how.
+    """
+    ref = members[0]
+    for m in members[1:]:
+        where = f"{m.name} vs {ref.name}"
+        if m.pred.image_ids != ref.pred.image_ids:
+            if set(m.pred.image_ids) != set(ref.pred.image_ids):
+                raise DataError(f"{where}: predictions cover different images", "predict all members on the same prepared split")
+            raise DataError(f"{where}: same images in a different order", "re-predict with the current fxbench")
+        if not np.array_equal(m.pred.labels, ref.pred.labels):
+            raise DataError(f"{where}: image labels differ", "members must come from the same prepared folder")
+        for key in ("split_sha256", "cache_sha256") if ground_truth else ("split_sha256",):
+            a, b = m.pred.meta.get(key), ref.pred.meta.get(key)
+            if a and b and a != b:
+                raise DataError(f"{where}: {key} differs", "members must use the same prepared split and cache")
+        if ground_truth:
+            if m.pred.size != ref.pred.size:
+                raise DataError(
+                    f"{where}: cache size {m.pred.size} vs {ref.pred.size}",
+                    "ensemble runs trained at the same data.cache_size",
+                )
+            if not np.array_equal(m.pred.masks, ref.pred.masks):
+                raise DataError(f"{where}: ground-truth masks differ", "members must use the same prepared cache")
+
+
+def common_meta(members: Sequence[Member], split: str, kind: str, name: str) -> dict[str, Any]:
+    ttas = sorted({str(m.pred.meta.get("tta")) for m in members})
+    ref = members[0].pred.meta
+    return {
+        "split": split,
+        "tta": ttas[0] if len(ttas) == 1 else "mixed:" + ",".join(ttas),
+        "run": name,
+        "kind": kind,
+        "members": [m.name for m in members],
+        "cache_sha256": ref.get("cache_sha256"),
+        "split_sha256": ref.get("split_sha256"),
+        "prepared": ref.get("prepared"),
+    }
+
+
+def average_predictions(members: Sequence[Member], split: str, name: str = "ensemble") -> Predictions:
+    """Mean probability map and mean presence scores (sources every member has) of ``members``.
+
+    The mean is taken in float32 and stored as float16 like any artifact. ``mean_map_max`` (the
+    maximum of the mean map over pixels) is added as the seed's ensemble presence score.
+    """
+    from fxbench.predict.artifact import Predictions
+
+    if not members:
+        raise UsageError("an ensemble needs at least one run")
+    check_compatible(members)
+    acc = np.zeros(members[0].pred.probs.shape, dtype=np.float32)
+    for m in members:
+        acc += m.pred.probs  # float16 -> float32 accumulation, one member at a time (memory)
+    acc /= len(members)
+    common = set.intersection(*(set(m.pred.presence) for m in members))
+    presence = {s: np.mean([m.pred.presence[s] for m in members], axis=0) for s in sorted(common)}
+    ref = members[0].pred
+    probs16 = acc.astype(np.float16)
+    presence["mean_map_max"] = probs16.reshape(len(probs16), -1).max(axis=1).astype(np.float32)
+    return Predictions(
+        image_ids=list(ref.image_ids), probs=probs16, masks=ref.masks, boxes=ref.boxes,
+        native_hw=ref.native_hw, presence=presence, labels=ref.labels,
+        meta=common_meta(members, split, "ensemble", name),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# output folder helpers (shared with blend)
+
+
+def subgroups_for(pred: Predictions) -> dict[str, np.ndarray] | None:
+    """Subgroup flags in artifact order from the prepared manifest named in the meta, if any.
+
+    Absent or unreadable metadata only drops the subgroup table; it never blocks a result.
+    """
+    from fxbench.evaluate.subgroups import metadata_from_records
+
+    prepared = pred.meta.get("prepared")
+    manifest = Path(prepared) / "manifest.csv" if prepared else None
+    if manifest is None or not manifest.is_file():
+        return None
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        records = list(csv.DictReader(fh))
+    try:
+        return metadata_from_records(pred.image_ids, records) or None
+    except DataError:
+        return None
+
+
+def evaluate_into(
+    out_dir: Path,
+    split: str,
+    pred: Predictions,
+    decision: Decision,
+    *,
+    bootstrap: int,
+    seed: int,
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Score saved ``pred`` with ``decision`` via fxbench.evaluate; write DIR/metrics/<split>.json."""
+    from fxbench.evaluate import evaluate_predictions
+    from fxbench.predict.artifact import predictions_sha256
+
+    metrics = evaluate_predictions(
+        pred, decision.to_dict(), bootstrap=bootstrap, seed=seed, subgroups=subgroups_for(pred), resolution="cache"
+    )
+    metrics.update(
+        split=split,
+        run=out_dir.name,
+        tta=pred.meta.get("tta"),
+        decision_source=decision.source,
+        predictions_sha256=predictions_sha256(out_dir / "predictions" / f"{split}.npz"),
+        **(extra or {}),
+    )
+    path = out_dir / "metrics" / f"{split}.json"
+    write_json_atomic(path, metrics)
+    return metrics, path
+
+
+def guard_test_once(out_dir: Path) -> None:
+    """An ensemble/blend folder sees the test split once; a second run must pick a new folder."""
+    if read_test_access(out_dir):
+        raise ProtocolError(
+            f"{out_dir} already evaluated its test split; ensembles and blends are tested once",
+            "choose a new --out folder (and a reason to look at test again)",
+        )
+
+
+def run_test_once(
+    out_dir: Path,
+    pred_test: Predictions,
+    *,
+    bootstrap: int,
+    seed: int,
+    command: str | Sequence[str],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Apply DIR/decision.json to the test predictions under the seal, log the access."""
+    from fxbench.predict.artifact import save_predictions
+
+    decision = authorize_test(out_dir, out_dir / DECISION_FILE, None)
+    save_predictions(out_dir / "predictions" / "test.npz", pred_test)
+    metrics, path = evaluate_into(out_dir, "test", pred_test, decision, bootstrap=bootstrap, seed=seed, extra=extra)
+    log_test_access(out_dir, decision.sha256(), command, metrics_path=path)
+    metrics["test_accesses"] = test_access_count(out_dir)
+    write_json_atomic(path, metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------
+# the verb
+
+
+def run_ensemble(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    metric: str = "dice_pos",
+    thresholds: Sequence[float] | None = None,
+    min_components: Sequence[int] = (0,),
+    presence_rule: str = "f1",
+    bootstrap: int = 2000,
+    seed: int = 0,
+    test: bool = True,
+    command: str | Sequence[str] = "fxbench ensemble",
+) -> dict[str, Any]:
+    """Build the ensemble of ``run_dirs`` into ``out_dir``: val mean -> tune -> (test once).
+
+    Returns a summary dict: out, decision, val (metrics), test (metrics or None), members.
+
+    Raises:
+        ProtocolError: ``out_dir`` already evaluated its test split.
+        DataError: a member lacks predictions or members disagree on images/ground truth.
+    """
+    from fxbench.predict.artifact import predictions_sha256, save_predictions
+    from fxbench.select.tune import tune_predictions, write_tune_outputs
+
+    out = Path(out_dir)
+    runs = [Path(r) for r in run_dirs]
+    if len({r.resolve() for r in runs}) != len(runs):
+        raise UsageError("the same run is listed twice", "list each run once")
+    if out.resolve() in {r.resolve() for r in runs}:
+        raise UsageError("--out must be a new folder, not one of the member runs")
+    guard_test_once(out)
+
+    val_members = [load_member(r, "val") for r in runs]
+    val = average_predictions(val_members, "val", out.name)
+    val_path = save_predictions(out / "predictions" / "val.npz", val)
+    result = tune_predictions(
+        val,
+        val_sha256=predictions_sha256(val_path),
+        metric=metric,
+        thresholds=thresholds,
+        min_components=min_components,
+        presence_rule=presence_rule,
+        extra={"kind": "ensemble", "members": [m.name for m in val_members]},
+    )
+    write_tune_outputs(out, result)
+    members_doc: dict[str, Any] = {
+        "kind": "ensemble",
+        "rule": "mean of probability maps and of each common presence source",
+        "members": [m.record() for m in val_members],
+    }
+    write_json_atomic(out / "members.json", members_doc)
+    extra = {"kind": "ensemble", "members": [m.name for m in val_members]}
+    val_metrics, _ = evaluate_into(out, "val", val, result.decision, bootstrap=bootstrap, seed=seed, extra=extra)
+
+    test_metrics = None
+    if test:
+        test_members = [load_member(r, "test") for r in runs]
+        for vm, tm in zip(val_members, test_members, strict=True):
+            if vm.pred.meta.get("tta") != tm.pred.meta.get("tta"):
+                raise DataError(
+                    f"{vm.name}: val predicted with tta={vm.pred.meta.get('tta')}, test with tta={tm.pred.meta.get('tta')}",
+                    "re-predict test with the val TTA; a decision holds for one TTA",
+                )
+        members_doc["test_members"] = [m.record() for m in test_members]
+        write_json_atomic(out / "members.json", members_doc)
+        test_pred = average_predictions(test_members, "test", out.name)
+        test_metrics = run_test_once(out, test_pred, bootstrap=bootstrap, seed=seed, command=command, extra=extra)
+    return {
+        "out": str(out),
+        "decision": result.decision.to_dict(),
+        "tune": result,
+        "val": val_metrics,
+        "test": test_metrics,
+        "members": [m.name for m in val_members],
+    }

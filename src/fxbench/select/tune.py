@@ -1,0 +1,432 @@
+"""``fxbench tune``: choose the operating point on val from the saved predictions only.
+
+What is chosen, and how:
+
+* **Pixel threshold** (grid 0.05..0.95 step 0.05 by default, the seed's grid) and optionally a
+  **minimum component size**: the grid point with the strictly highest selection metric wins
+  (first in grid order on ties: lower threshold, then smaller min_component), as in the seed.
+* **Presence source**: among the sources the artifact holds (``head``, ``max``, ``topk_mean``...),
+  the one with the highest val ROC AUC (ties: higher AP, then the order head, max, topk_mean).
+  AUC is threshold-free, so the source is chosen before its threshold.
+* **Presence threshold**: by default the score that maximises **F1** on val (``presence_rule
+  = "f1"``), because presence is reported with precision/recall at that threshold and F1 is the
+  seed's image-level summary; ``"youden"`` (max TPR - FPR) is available for a prevalence-free
+  operating point. Either way it is frozen with the rest and never re-chosen on test.
+
+Selection metrics: ``dice_pos`` (default), ``iou_pos``, ``dice``, ``iou`` and
+``auc_plus_dice_pos``. Pixel and presence parameters are separable (presence scores do not
+depend on the pixel threshold), so ``auc_plus_dice_pos`` is maximised by the best pixel grid
+point plus the best presence source; its value is reported as their sum.
+
+Speed: the whole threshold grid is scored from one pass over the pixels. Each fp16 probability
+is mapped to its grid bin with a lookup table, per-image histograms of all pixels and of
+ground-truth pixels give |P_i(t)| and |P_i(t) & G_i| for every t at once, and
+``fxbench.evaluate.metrics`` (``dice_iou``, ``aggregate_segmentation``) turns those counts into
+metrics, so no definition is repeated here. Grid points with ``min_component > 0`` need connected
+components and go through :func:`fxbench.evaluate.metrics.segmentation_metrics` itself. The
+chosen point is always re-scored by ``fxbench.evaluate`` and must agree with the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fxbench.errors import DataError, ProtocolError, UsageError
+from fxbench.io import write_csv_atomic
+from fxbench.select.decision import AUTO_PRESENCE_ORDER, DECISION_FILE, Decision, write_decision
+
+if TYPE_CHECKING:
+    from fxbench.predict.artifact import Predictions
+
+#: Selection metrics ``tune`` accepts.
+TUNE_METRICS = ("dice_pos", "iou_pos", "dice", "iou", "auc_plus_dice_pos")
+#: Rules for the presence threshold.
+PRESENCE_RULES = ("f1", "youden")
+#: Pixel metrics computed for every grid point (names follow fxbench.evaluate).
+GRID_METRICS = ("dice_pos", "iou_pos", "dice", "iou", "precision_pos", "recall_pos", "empty_specificity")
+#: Pixels per chunk when histogramming (bounds peak memory to a few tens of MB).
+_CHUNK_PIXELS = 1 << 22
+
+
+# --------------------------------------------------------------------------------------
+# grids
+
+
+def threshold_grid(start: float = 0.05, stop: float = 0.95, step: float = 0.05) -> np.ndarray:
+    """The seed's grid: start, start+step, ... <= stop, each rounded to 6 decimals.
+
+    Raises:
+        UsageError: start/stop outside (0, 1), stop < start or step <= 0.
+    """
+    if not (0.0 < start < 1.0 and 0.0 < stop < 1.0):
+        raise UsageError(f"threshold grid bounds must lie in (0, 1), got start={start} stop={stop}")
+    if stop < start or step <= 0:
+        raise UsageError(f"threshold grid needs stop >= start and step > 0 (start={start} stop={stop} step={step})")
+    n = int(math.floor((stop - start) / step + 1e-9)) + 1
+    return np.round(start + step * np.arange(n), 6)
+
+
+def unit_grid(step: float) -> np.ndarray:
+    """0, step, ..., 1 (inclusive), rounded to 6 decimals: weights for blends."""
+    if not 0.0 < step <= 1.0:
+        raise UsageError(f"weight grid step must lie in (0, 1], got {step}")
+    n = int(math.floor(1.0 / step + 1e-9))
+    grid = np.round(step * np.arange(n + 1), 6)
+    return grid if grid[-1] == 1.0 else np.append(grid, 1.0)
+
+
+# --------------------------------------------------------------------------------------
+# pixel counts for a whole threshold grid in one pass
+
+
+def _fp16_bin_lut(thresholds: np.ndarray) -> np.ndarray:
+    """uint8[65536]: for each float16 bit pattern, how many thresholds t satisfy value >= t.
+
+    Comparing through the float64 value of each fp16 pattern gives exactly the result of
+    ``probs >= t`` on the stored float16 probabilities. NaN compares false everywhere.
+    """
+    values = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
+    lut = np.searchsorted(np.asarray(thresholds, dtype=np.float64), values, side="right")
+    lut[np.isnan(values)] = 0
+    return lut.astype(np.uint8)
+
+
+def threshold_counts(
+    probs: np.ndarray, masks: np.ndarray, thresholds: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image pixel counts at every threshold, from one pass over the pixels.
+
+    Args:
+        probs: [N,S,S] probabilities (converted to float16, the artifact's precision).
+        masks: [N,S,S] ground truth (non-zero = fracture).
+        thresholds: K ascending thresholds (K <= 254).
+
+    Returns:
+        pred [N,K] = |{prob >= t_k}|, inter [N,K] = |{prob >= t_k} & GT|, gt [N] = |GT|; int64.
+    """
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if thr.ndim != 1 or len(thr) == 0 or len(thr) > 254 or np.any(np.diff(thr) <= 0):
+        raise UsageError("thresholds must be 1..254 strictly ascending values")
+    k = len(thr)
+    probs16 = np.ascontiguousarray(np.asarray(probs, dtype=np.float16))
+    n = probs16.shape[0]
+    flat_p = probs16.reshape(n, -1).view(np.uint16)
+    flat_g = np.asarray(masks).reshape(n, -1)
+    lut = _fp16_bin_lut(thr)
+    pred = np.zeros((n, k), dtype=np.int64)
+    inter = np.zeros((n, k), dtype=np.int64)
+    gt = np.count_nonzero(flat_g, axis=1).astype(np.int64)
+    per_image = max(1, flat_p.shape[1])
+    chunk = max(1, _CHUNK_PIXELS // per_image)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        bins = lut[flat_p[lo:hi]].astype(np.int32)  # [c, S*S], value = number of t below prob
+        bins += (np.arange(hi - lo, dtype=np.int32) * (k + 1))[:, None]
+        hist_all = np.bincount(bins.ravel(), minlength=(hi - lo) * (k + 1)).reshape(hi - lo, k + 1)
+        on_gt = flat_g[lo:hi] != 0
+        hist_gt = np.bincount(bins[on_gt], minlength=(hi - lo) * (k + 1)).reshape(hi - lo, k + 1)
+        # pixels with prob >= t_k are those whose bin value is > k: a reversed cumulative sum.
+        pred[lo:hi] = np.cumsum(hist_all[:, ::-1], axis=1)[:, ::-1][:, 1:]
+        inter[lo:hi] = np.cumsum(hist_gt[:, ::-1], axis=1)[:, ::-1][:, 1:]
+    return pred, inter, gt
+
+
+def seg_metrics_from_counts(
+    pred: np.ndarray, inter: np.ndarray, gt: np.ndarray, image_ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Aggregate pixel metrics for each of K thresholds from [N,K] counts (``gt`` is [N]).
+
+    The per-image Dice/IoU and the aggregates come from :mod:`fxbench.evaluate.metrics`
+    (``dice_iou`` and ``aggregate_segmentation``), so tune uses the evaluated definitions
+    verbatim; only the pixel counting is done here, once for the whole grid. Lesion metrics
+    are not computed (they need components and do not enter any selection metric).
+    """
+    from fxbench.evaluate.metrics import PerImageStats, aggregate_segmentation, dice_iou
+
+    n, k = pred.shape
+    ids = list(image_ids) if image_ids is not None else [str(i) for i in range(n)]
+    zeros = np.zeros(n, dtype=np.int64)
+    gt = np.asarray(gt, dtype=np.int64)
+    out = []
+    for j in range(k):  # K aggregates of N-vectors: cheap next to the pixel pass
+        dice, iou = dice_iou(inter[:, j], pred[:, j], gt)
+        stats = PerImageStats(
+            image_ids=ids, gt_positive=gt > 0, inter=inter[:, j], pred_area=pred[:, j], gt_area=gt,
+            dice=dice, iou=iou, n_lesions=zeros, n_hit=zeros, n_hit_iou10=zeros, n_pred=zeros,
+            n_fp=zeros, has_lesions=False,
+        )
+        agg = aggregate_segmentation(stats)
+        out.append({key: _num(agg.get(key)) for key in GRID_METRICS})
+    return out
+
+
+def seg_grid(
+    probs: np.ndarray,
+    masks: np.ndarray,
+    thresholds: Sequence[float],
+    min_components: Sequence[int] = (0,),
+) -> list[dict[str, Any]]:
+    """Pixel metrics at every (threshold, min_component); rows in grid order.
+
+    ``min_component == 0`` rows come from :func:`threshold_counts` (one pass); others call
+    ``fxbench.evaluate.metrics.segmentation_metrics`` per grid point.
+    """
+    thr = [float(t) for t in thresholds]
+    rows: list[dict[str, Any]] = []
+    fast: list[dict[str, Any]] = []
+    if 0 in min_components:
+        fast = seg_metrics_from_counts(*threshold_counts(probs, masks, thr))
+    slow_mcs = sorted({int(m) for m in min_components if int(m) > 0})
+    if slow_mcs:
+        from fxbench.evaluate.metrics import segmentation_metrics
+    for ti, t in enumerate(thr):
+        if fast:
+            rows.append({"threshold": t, "min_component": 0, **fast[ti]})
+        for mc in slow_mcs:
+            m = segmentation_metrics(probs, masks, t, min_component=mc, lesions=False)
+            rows.append({"threshold": t, "min_component": mc, **{k: _num(m.get(k)) for k in GRID_METRICS}})
+    return rows
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _key(v: float) -> float:
+    """NaN never wins a selection."""
+    return -math.inf if v is None or math.isnan(v) else v
+
+
+# --------------------------------------------------------------------------------------
+# presence
+
+
+def choose_presence_threshold(scores: np.ndarray, labels: np.ndarray, rule: str = "f1") -> tuple[float, float]:
+    """Presence threshold maximising ``rule`` on these (val) scores; returns (threshold, value).
+
+    The image is called positive when ``score >= threshold``; the threshold is one of the scores
+    and, among equal values, the highest such score. ``f1`` uses ``evaluate.metrics.best_f1``;
+    ``youden`` maximises TPR - FPR over ``evaluate.metrics.roc_curve``. One class absent ->
+    (0.5, nan): nothing can be chosen, so the conventional midpoint is recorded.
+    """
+    from fxbench.evaluate.metrics import best_f1, roc_curve
+
+    if rule not in PRESENCE_RULES:
+        raise UsageError(f"unknown presence rule '{rule}'", f"use one of: {', '.join(PRESENCE_RULES)}")
+    y = np.asarray(labels).astype(bool)
+    if y.all() or not y.any():
+        return 0.5, float("nan")
+    if rule == "f1":
+        value, thr = best_f1(scores, y)
+        return float(thr), float(value)
+    curve = roc_curve(scores, y)
+    j = curve["tpr"][1:] - curve["fpr"][1:]  # drop the "predict none" point (threshold +inf)
+    best = int(np.argmax(j))  # first max = highest threshold (thresholds are descending)
+    return float(curve["thresholds"][1:][best]), float(j[best])
+
+
+def _source_order(sources: Sequence[str]) -> list[str]:
+    known = [s for s in AUTO_PRESENCE_ORDER if s in sources]
+    return known + sorted(s for s in sources if s not in known)
+
+
+def presence_table(
+    pred: Predictions, sources: Sequence[str] | None = None, rule: str = "f1"
+) -> list[dict[str, Any]]:
+    """One row per presence source: val AUC, AP (from fxbench.evaluate) and the chosen threshold."""
+    from fxbench.evaluate.metrics import presence_metrics
+
+    avail = list(pred.presence)
+    wanted = avail if sources is None else list(sources)
+    missing = [s for s in wanted if s not in avail]
+    if missing:
+        raise DataError(
+            f"presence source(s) {missing} not in the predictions (has: {', '.join(avail) or 'none'})"
+        )
+    rows = []
+    for source in _source_order(wanted):
+        scores = pred.presence[source]
+        t, value = choose_presence_threshold(scores, pred.labels, rule)
+        m = presence_metrics(scores, pred.labels, t)  # AUC/AP do not depend on t
+        rows.append(
+            {
+                "presence_source": source,
+                "roc_auc_presence": _num(m.get("roc_auc_presence")),
+                "average_precision_presence": _num(m.get("average_precision_presence")),
+                "presence_threshold": t,
+                f"{rule}_at_threshold": value,
+            }
+        )
+    return rows
+
+
+def best_presence(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row with the highest AUC, then AP; the first such row in source order."""
+    if not rows:
+        raise DataError("the predictions artifact has no presence scores", "re-run `fxbench eval`")
+    return max(rows, key=lambda r: (_key(r["roc_auc_presence"]), _key(r["average_precision_presence"])))
+
+
+# --------------------------------------------------------------------------------------
+# tune
+
+
+@dataclass
+class TuneResult:
+    """What ``tune`` chose and the evidence: the decision, the pixel grid and the presence table."""
+
+    decision: Decision
+    grid: list[dict[str, Any]]
+    presence: list[dict[str, Any]]
+    best: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in TUNE_METRICS:
+        import difflib
+
+        close = difflib.get_close_matches(metric, TUNE_METRICS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UsageError(f"unknown selection metric '{metric}'", f"{hint}valid: {', '.join(TUNE_METRICS)}")
+
+
+def select_grid_row(grid: list[dict[str, Any]], metric: str, auc: float = 0.0) -> dict[str, Any]:
+    """First grid row with the strictly highest selection metric (the seed's tie rule)."""
+    pixel_metric = "dice_pos" if metric == "auc_plus_dice_pos" else metric
+    best: dict[str, Any] | None = None
+    best_key = -math.inf
+    for row in grid:
+        k = _key(row[pixel_metric])
+        if best is None or k > best_key:
+            best, best_key = row, k
+    assert best is not None
+    score = best[pixel_metric] + (auc if metric == "auc_plus_dice_pos" else 0.0)
+    return {**best, "selection_metric": metric, "selection_score": score}
+
+
+def tune_predictions(
+    pred: Predictions,
+    *,
+    val_sha256: str | None,
+    metric: str = "dice_pos",
+    thresholds: Sequence[float] | None = None,
+    min_components: Sequence[int] = (0,),
+    presence_sources: Sequence[str] | None = None,
+    presence_rule: str = "f1",
+    extra: dict[str, Any] | None = None,
+) -> TuneResult:
+    """Choose threshold, min_component, presence source and presence threshold on ``pred`` (val).
+
+    Raises:
+        ProtocolError: ``pred`` says it holds another split than val.
+        DataError: val has no fracture-positive image (nothing to tune on).
+    """
+    _check_metric(metric)
+    split = pred.meta.get("split")
+    if split not in (None, "val"):
+        raise ProtocolError(f"tune chooses on val only; these predictions are for '{split}'", "pass val predictions")
+    if not np.any(pred.masks.reshape(pred.n, -1).any(axis=1)):
+        raise DataError("val has no image with a fracture mask; nothing to tune on")
+    thr = threshold_grid() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    mcs = sorted({int(m) for m in min_components}) or [0]
+    if any(m < 0 for m in mcs):
+        raise UsageError("--min-component values must be >= 0")
+    grid = seg_grid(pred.probs, pred.masks, thr, mcs)
+    pres_rows = presence_table(pred, presence_sources, presence_rule)
+    pres = best_presence(pres_rows)
+    best = select_grid_row(grid, metric, auc=_key(pres["roc_auc_presence"]) if metric == "auc_plus_dice_pos" else 0.0)
+    decision = Decision(
+        threshold=float(best["threshold"]),
+        presence_source=pres["presence_source"],
+        presence_threshold=float(pres["presence_threshold"]),
+        min_component=int(best["min_component"]),
+        tta=pred.meta.get("tta"),
+        selected_on="val",
+        selection_metric=metric,
+        presence_rule=presence_rule,
+        val_predictions_sha256=val_sha256,
+        source="tune",
+        val_score=float(best["selection_score"]),
+        **(extra or {}),
+    )
+    check_against_evaluate(pred, decision, best)
+    return TuneResult(decision=decision, grid=grid, presence=pres_rows, best=best)
+
+
+def check_against_evaluate(pred: Predictions, decision: Decision, best: dict[str, Any]) -> None:
+    """The grid must agree with fxbench.evaluate at the chosen point (one source of truth)."""
+    from fxbench.evaluate.metrics import segmentation_metrics
+
+    m = segmentation_metrics(
+        pred.probs, pred.masks, decision.threshold, min_component=decision.min_component, lesions=False
+    )
+    ref, got = _num(m.get("dice_pos")), float(best["dice_pos"])
+    if not (math.isclose(ref, got, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(ref) and math.isnan(got))):
+        raise RuntimeError(
+            f"internal: tune grid dice_pos {got} != fxbench.evaluate {ref} at threshold {decision.threshold}"
+        )
+
+
+def write_tune_outputs(out_dir: Path, result: TuneResult) -> dict[str, str]:
+    """Write decision.json and tune/{grid,presence}.csv into ``out_dir``; returns the paths."""
+    out_dir = Path(out_dir)
+    decision_path = write_decision(out_dir / DECISION_FILE, result.decision)
+    grid_path = out_dir / "tune" / "grid.csv"
+    write_csv_atomic(grid_path, result.grid, ["threshold", "min_component", *GRID_METRICS])
+    pres_path = out_dir / "tune" / "presence.csv"
+    if result.presence:
+        write_csv_atomic(pres_path, result.presence, list(result.presence[0]))
+    files = {"decision": str(decision_path), "grid": str(grid_path), "presence": str(pres_path)}
+    result.files = files
+    return files
+
+
+def tune_run(
+    run_dir: str | Path,
+    split: str = "val",
+    *,
+    metric: str = "dice_pos",
+    thresholds: Sequence[float] | None = None,
+    min_components: Sequence[int] = (0,),
+    presence_sources: Sequence[str] | None = None,
+    presence_rule: str = "f1",
+) -> TuneResult:
+    """Tune ``RUN`` on ``RUN/predictions/val.npz`` and write ``RUN/decision.json``.
+
+    Raises:
+        ProtocolError: ``split`` is not val (exit 4).
+        DataError: the val predictions are missing or invalid.
+    """
+    if split != "val":
+        raise ProtocolError(
+            f"tune chooses on val only, not '{split}': the test split is sealed",
+            "run `fxbench tune RUN` (val), then `fxbench eval RUN --split test --decision RUN/decision.json`",
+        )
+    _check_metric(metric)
+    from fxbench.predict.artifact import load_predictions, predictions_sha256
+
+    run_dir = Path(run_dir)
+    path = run_dir / "predictions" / "val.npz"
+    sha = predictions_sha256(path)
+    pred = load_predictions(path)
+    result = tune_predictions(
+        pred,
+        val_sha256=sha,
+        metric=metric,
+        thresholds=thresholds,
+        min_components=min_components,
+        presence_sources=presence_sources,
+        presence_rule=presence_rule,
+    )
+    write_tune_outputs(run_dir, result)
+    return result
