@@ -302,15 +302,36 @@ def _suggest(parts: Sequence[str]) -> str:
     return f"; did you mean '{'.'.join([*parts[:-1], close[0]])}'?"
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _format_validation_error(
+    err: ValidationError, source: str, blame: Mapping[str, str] | None = None
+) -> str:
+    """One line for the first problem. ``blame`` maps dotted keys to the override that set them,
+    so a bad ``--set optim.lr=-1`` is reported as ``--set optim.lr`` rather than as the file."""
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
-    dotted = ".".join(loc) or "<top level>"
+    dotted = ".".join(loc)
+    culprit = _blame(dotted, blame or {})
+    if culprit is not None:
+        source = culprit
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{dotted}'{_suggest(loc)}"
+        return f"{source}: unknown key '{dotted or '<top level>'}'{_suggest(loc)}"
     msg = first["msg"].removeprefix("Value error, ")
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {dotted}: {msg}{more}"
+    # Skip the key when the label already names it (--set optim.lr) or when the check is on the
+    # whole config (empty loc: its message names the keys); keep it for section-level checks.
+    redundant = not dotted or (culprit is not None and culprit.endswith(f" {dotted}"))
+    where = "" if redundant else f"{dotted}: "
+    return f"{source}: {where}{msg}{more}"
+
+
+def _blame(dotted: str, blame: Mapping[str, str]) -> str | None:
+    """The override responsible for an error at ``dotted``: exact key, else the last override
+    inside that section (model-level checks such as min <= max report the section)."""
+    if dotted in blame:
+        return blame[dotted]
+    prefix = f"{dotted}." if dotted else ""
+    inside = [label for key, label in blame.items() if key.startswith(prefix)]
+    return inside[-1] if inside else None
 
 
 def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
@@ -359,11 +380,38 @@ def parse_value(text: str) -> Any:
     return value
 
 
+_YAML_NULLS = frozenset({"", "null", "Null", "NULL", "~"})
+
+
+def _text_field(dotted: str) -> tuple[bool, bool]:
+    """(is a plain text or path field, accepts None) for a dotted key. Text fields
+    (``name``, ``model.encoder``, ``model.weights``) must not turn into numbers (``--set name=2024``)."""
+    parts = dotted.split(".")
+    parent = _model_for_path(parts[:-1])
+    field = parent.model_fields.get(parts[-1]) if parent is not None else None
+    if field is None:
+        return False, False
+    members = getattr(field.annotation, "__args__", (field.annotation,))
+    args = [a for a in members if a is not type(None)]
+    return bool(args) and all(a in (str, Path) for a in args), len(args) < len(members)
+
+
+def _typed_value(dotted: str, raw: str) -> Any:
+    """Parse an override for ``dotted``: text fields keep the raw text (a YAML null word gives
+    None where the key is optional); the rest go through :func:`parse_value` and are typed by
+    pydantic."""
+    is_text, optional = _text_field(dotted)
+    if is_text:
+        text = raw.strip()
+        return None if optional and text in _YAML_NULLS else text
+    return parse_value(raw)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"--set '{item}' has no '='", "write it as section.key=value, e.g. train.epochs=5")
     key, _, raw = item.partition("=")
-    return key.strip(), parse_value(raw)
+    return key.strip(), _typed_value(key.strip(), raw)
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> list[tuple[str, Any]]:
@@ -374,7 +422,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> list[tuple[str, A
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
-        out.append((dotted, parse_value(raw)))
+        out.append((dotted, _typed_value(dotted, raw)))
     return out
 
 
@@ -412,15 +460,22 @@ def load_config(
         Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from err
+    blame: dict[str, str] = {}  # dotted key -> the override that set it last (for error lines)
     for key, value in env_overrides(environ):
-        _set_dotted(tree, key, value, f"environment FXBENCH_{key.upper().replace('.', '__')}")
+        label = f"environment FXBENCH_{key.upper().replace('.', '__')}"
+        _set_dotted(tree, key, value, label)
+        blame.pop(key, None)
+        blame[key] = label
     for item in overrides:
         key, value = parse_override(item)
-        _set_dotted(tree, key, value, f"--set {key}")
+        label = f"--set {key}"
+        _set_dotted(tree, key, value, label)
+        blame.pop(key, None)  # re-insert so the latest override is last for section-level blame
+        blame[key] = label
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, "overrides" if overrides else source)) from err
+        raise ConfigError(_format_validation_error(err, source, blame)) from err
 
 
 def _deep_merge(dst: dict[str, Any], src: Mapping[str, Any]) -> None:

@@ -16,8 +16,10 @@ from fxbench.errors import FxbenchError
 STATE: dict[str, Any] = {"debug": False}
 
 #: Human output goes to stderr; machine output (--json) to stdout.
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+#: soft_wrap: a message line is never broken at the terminal width (paths stay copyable and
+#: greppable); tables still fit the width.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def error_line(err: BaseException) -> str:
