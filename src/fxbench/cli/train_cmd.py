@@ -19,6 +19,7 @@ class TrainDisplay:
         self.quiet = quiet
         self.progress: Any = None
         self.task: Any = None
+        self.task_epoch: int | None = None
         self.t0 = time.perf_counter()
 
     def __enter__(self) -> TrainDisplay:
@@ -53,9 +54,10 @@ class TrainDisplay:
                 console.print(f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} lr {p.lr:.2e} {p.img_per_s:.1f} img/s",
                               markup=False)
             return
-        if self.task is None or self.progress.tasks[self.task].fields["epoch"] != f"{p.epoch}/{p.epochs}":
+        if self.task is None or self.task_epoch != p.epoch:
             if self.task is not None:
                 self.progress.remove_task(self.task)
+            self.task_epoch = p.epoch
             self.task = self.progress.add_task("train", total=p.steps_per_epoch, epoch=f"{p.epoch}/{p.epochs}",
                                                loss=p.loss, lr=p.lr, ips=p.img_per_s)
         self.progress.update(self.task, completed=p.step, loss=p.loss, lr=p.lr, ips=p.img_per_s)
