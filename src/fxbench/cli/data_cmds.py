@@ -1,9 +1,209 @@
-"""Verbs of this group are added here as they become real (no stub verbs)."""
+"""Data verbs: `fxbench download`, `fxbench prepare`, `fxbench synth`.
+
+Module level imports only typer/rich/stdlib; numpy, PIL and the data stage load inside the
+verbs, so `fxbench --help` stays fast.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.table import Table
+
+from fxbench.cli.common import console, handle_errors
+
+
+class SplitMode(str, Enum):
+    grouped = "grouped"
+    seed = "seed"
+    official = "official"
+
+
+class CacheFormat(str, Enum):
+    raw = "raw"
+    jpeg = "jpeg"
+
+
+@contextmanager
+def _stage_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A Rich progress display fed by prepare's ``progress(stage, done, total)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    labels = {"read": "reading annotations", "decode": "decoding images", "write": "writing outputs"}
+    tasks: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as prog:
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = prog.add_task(labels.get(stage, stage), total=total)
+            prog.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+@contextmanager
+def _byte_progress() -> Iterator[Callable[[int, int | None], None]]:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=console
+    ) as prog:
+        task = prog.add_task("download", total=None)
+
+        def update(done: int, total: int | None) -> None:
+            prog.update(task, completed=done, total=total)
+
+        yield update
+
+
+# --------------------------------------------------------------------------------------
+# download
+
+
+@handle_errors
+def download(
+    from_file: Path | None = typer.Option(None, "--from-file", help="Register a FracAtlas.zip obtained elsewhere (offline)."),
+    md5: str | None = typer.Option(None, "--md5", help="With --from-file: expected MD5 of the zip."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the archive (default: <data home>/archives)."),
+    extract: bool = typer.Option(False, "--extract/--no-extract", help="Also unpack into <data home>/raw/fracatlas (prepare reads the zip directly)."),
+    force: bool = typer.Option(False, "--force", help="Download again even if the file exists."),
+    api_url: str | None = typer.Option(None, "--api-url", help="figshare API URL (default: article 22363012, version 6)."),
+) -> None:
+    """Download FracAtlas from figshare (pinned v6, MD5-checked, resumable), or register a local zip."""
+    from fxbench.data import archive as arc
+    from fxbench.paths import raw_dir
+
+    if from_file is not None:
+        path = arc.register_file(from_file, out, md5)
+        console.print(f"registered {path} (not copied)")
+    else:
+        with _byte_progress() as progress:
+            path = arc.download(out, api_url or arc.API_URL, force=force, progress=progress)
+        console.print(f"archive ready: {path} (MD5 verified)")
+    if extract:
+        dest = arc.extract_zip(path, raw_dir() / "fracatlas", force=force)
+        console.print(f"extracted to {dest}")
+    console.print(f"next: fxbench prepare --archive {path} --out DIR", markup=False)
+
+
+# --------------------------------------------------------------------------------------
+# prepare
+
+
+def _summary_table(report: dict[str, Any]) -> Table:
+    table = Table(title="prepare_report.json", show_header=True, header_style="bold")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    counts = report.get("split_counts", {})
+    rows = [
+        ("images", f"{report['images']:,}"),
+        ("fractured (label, from annotations)", f"{report['fractured']:,}"),
+        ("csv fractured column (as written)", f"{report.get('csv_fractured', 0):,}"),
+        *[(f"polygons: {k}", f"{v:,}") for k, v in report.get("polygons", {}).items()],
+        ("polygons rasterized", f"{report.get('polygons_rasterized', 0):,} (from {', '.join(f'{k} {v}' for k, v in report.get('rasterized_from', {}).items())})"),
+        ("disagreements (images)", f"{report.get('disagreement_count', 0):,}"),
+        ("EXIF-rotated", f"{report['exif_rotated']:,}"),
+        ("truncated JPEGs", f"{report['truncated']:,}"),
+        ("duplicate groups (pixel-identical)", f"{report['duplicate_groups']:,}"),
+        ("cross-split duplicate groups", f"{report['cross_split_duplicate_groups']:,}"),
+        ("split mode (seed)", f"{report['split_mode']} ({report.get('seed')})"),
+        ("train / val / test", f"{counts.get('train', 0):,} / {counts.get('val', 0):,} / {counts.get('test', 0):,}"),
+        ("split sha256", report["split_sha256"][:16] + "..."),
+        ("skipped images", f"{len(report.get('skipped_images', [])):,}"),
+        ("warnings", f"{report.get('warnings_count', 0):,}"),
+    ]
+    for size, c in report.get("caches", {}).items():
+        rows.append((f"cache {size} px", f"{c['format']}, {c['bytes'] / 1e6:,.1f} MB"))
+    if "timings_s" in report:
+        rows.append(("time (s)", f"{report['timings_s']['total']:.1f}"))
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+@handle_errors
+def prepare(
+    archive: Path | None = typer.Option(None, "--archive", help="FracAtlas zip or extracted folder (default: the one `fxbench download` registered)."),
+    out: Path | None = typer.Option(None, "--out", help="Prepared folder (default: <data home>/prepared/fracatlas)."),
+    split_mode: SplitMode | None = typer.Option(None, "--split-mode", help="grouped (default): stratified, pixel-identical duplicates kept together; seed: the seed benchmark's split; official: FracAtlas' positive split + seeded negatives. Rerunning on a prepared folder keeps its mode unless given."),
+    seed: int | None = typer.Option(None, "--seed", help="Split seed (default 42, or the folder's current one)."),
+    cache_size: list[int] | None = typer.Option(None, "--cache-size", help="Letterboxed cache edge in px (repeatable). Default: keep the folder's caches, or 512 for a new folder. Other caches in the folder are kept."),
+    cache_format: CacheFormat = typer.Option(CacheFormat.raw, "--cache-format", help="Format of the --cache-size caches. raw: uint8 arrays; jpeg: compact (JPEG images, PNG masks)."),
+    force: bool = typer.Option(False, "--force", help="Redo everything even if the outputs are up to date."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Decode processes (default: all cores)."),
+) -> None:
+    """Decode, check and split the archive: masks, manifest.csv, prepare_report.json, caches."""
+    from fxbench.data.archive import registered_archive
+    from fxbench.data.prepare import current_split
+    from fxbench.data.prepare import prepare as run_prepare
+    from fxbench.errors import DataError
+    from fxbench.paths import prepared_dir
+
+    if archive is None:
+        archive = registered_archive()
+        if archive is None:
+            raise DataError("no --archive given and no archive registered", "pass --archive PATH, or run `fxbench download` (or `fxbench download --from-file ZIP`)")
+    out = out or prepared_dir()
+    # Adding a cache size to a prepared folder must not silently change its split (runs
+    # trained on it would no longer match): unless asked, keep the folder's mode and seed.
+    existing = current_split(out)
+    mode = split_mode.value if split_mode else existing[0] if existing else "grouped"
+    split_seed = seed if seed is not None else existing[1] if existing and mode == existing[0] else 42
+    if existing and split_mode is None and seed is None:
+        console.print(f"keeping split mode '{mode}' (seed {split_seed}) of {out}; pass --split-mode to change it", markup=False)
+    with _stage_progress() as progress:
+        result = run_prepare(
+            archive, out, split_mode=mode, seed=split_seed, cache_sizes=tuple(cache_size) if cache_size else None,
+            cache_format=cache_format.value, force=force, workers=workers, progress=progress,
+        )
+    if result.skipped:
+        console.print(f"up to date: {out} (inputs and options unchanged; --force redoes it)")
+    console.print(_summary_table(result.report))
+    if result.report.get("skipped_images"):
+        console.print(f"[yellow]{len(result.report['skipped_images'])} image(s) skipped; see skipped_images in {out / 'prepare_report.json'}[/]")
+    console.print(f"next: fxbench train --set data.prepared={out} --set data.image_size=256", markup=False)
+
+
+# --------------------------------------------------------------------------------------
+# synth
+
+
+@handle_errors
+def synth(
+    out: Path = typer.Argument(..., help="Folder to receive FracAtlas/ (or the .zip path with --zip)."),
+    n_images: int = typer.Option(64, "--n-images", min=8, help="Number of images."),
+    seed: int = typer.Option(0, "--seed", help="Generator seed (same seed, same bytes)."),
+    as_zip: bool = typer.Option(False, "--zip", help="Write a zip instead of a folder."),
+    scale: float = typer.Option(1.0, "--scale", min=0.05, max=2.0, help="Image size factor (1.0: 373x454 and 2304x2880 like FracAtlas)."),
+    large_fraction: float = typer.Option(0.1, "--large-fraction", min=0.0, max=0.9, help="Share of large (2304x2880) images."),
+    positive_fraction: float = typer.Option(0.2, "--positive-fraction", min=0.05, max=0.9, help="Share of fractured images."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing archive."),
+) -> None:
+    """Write a synthetic FracAtlas-layout archive (for demos and tests)."""
+    from fxbench.data.synthetic import make_synthetic
+
+    plan = make_synthetic(out, n_images, seed, as_zip, large_fraction, positive_fraction, scale, overwrite=force)
+    console.print(f"wrote {out}: {n_images} images, {len(plan.positives)} fractured")
+    console.print(f"next: fxbench prepare --archive {out} --out DIR", markup=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to ``app``."""
+    app.command("download")(download)
+    app.command("prepare")(prepare)
+    app.command("synth")(synth)

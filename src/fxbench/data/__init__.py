@@ -1,0 +1,1 @@
+"""fxbench.data"""

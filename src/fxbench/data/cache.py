@@ -1,0 +1,338 @@
+"""The letterboxed image/mask cache ``PREP/cache/<S>.npz`` (format: docs/internals.md).
+
+An ``.npz`` is a zip of ``.npy`` members that ``numpy.load(allow_pickle=False)`` reads. Two
+formats:
+
+- ``raw``: ``images`` uint8 [N,S,S] and ``masks`` uint8 [N,S,S] 0/1. The members are
+  deflate-compressed (what ``numpy.savez_compressed`` does) because the full dataset at 512 px
+  is 2.1 GB uncompressed; the zero padding and empty masks shrink to almost nothing.
+- ``jpeg``: ``images_blob``/``images_offsets`` (concatenated JPEGs) and
+  ``masks_blob``/``masks_offsets`` (concatenated PNGs of 0/255 masks): a compact file that
+  ``load_cache`` decodes once.
+
+``CacheWriter`` streams images into the file one at a time, so preparing a large cache never
+holds the full uint8 array in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fxbench.errors import DataError
+from fxbench.io import atomic_path, sha256_file
+
+CACHE_FORMATS = ("raw", "jpeg")
+JPEG_QUALITY = 95
+#: Deflate level for raw caches: level 1 is ~4x faster than 6 and within a few % in size.
+DEFLATE_LEVEL = 1
+_NAME = re.compile(r"^(\d+)\.npz$")
+
+
+@dataclass
+class CacheArrays:
+    """A decoded cache. Arrays are in ``image_ids`` order (sorted by image_id).
+
+    images uint8 [N,S,S] grey; masks uint8 [N,S,S] 0/1; boxes int32 [N,4] (top, left, height,
+    width of the image inside the square); native_hw int32 [N,2] (after EXIF transpose).
+    """
+
+    image_ids: list[str]
+    images: np.ndarray
+    masks: np.ndarray
+    boxes: np.ndarray
+    native_hw: np.ndarray
+    size: int
+    sha256: str
+    format: str = "raw"
+    path: Path | None = field(default=None, compare=False)
+
+
+# --------------------------------------------------------------------------------------
+# letterbox
+
+
+def letterbox_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of an ``height`` x ``width`` image letterboxed into ``size`` x ``size``."""
+    scale = size / max(height, width)
+    h = min(size, max(1, round(height * scale)))
+    w = min(size, max(1, round(width * scale)))
+    return (size - h) // 2, (size - w) // 2, h, w
+
+
+def letterbox(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """Letterbox a grey image [H,W] uint8 and its bool mask [H,W] into S x S (docs/internals.md).
+
+    Image: bilinear with antialiasing (PIL). Mask: a pixel is 1 when >= 50% of its area is
+    fracture (box-filter coverage); if the native mask is non-empty at least one pixel stays
+    on (the best-covered one), so no positive turns negative by resizing alone.
+    Returns (image uint8 [S,S], mask uint8 [S,S] 0/1, box (top, left, h, w)).
+    """
+    from PIL import Image
+
+    height, width = image.shape
+    top, left, h, w = letterbox_box(height, width, size)
+    out_img = np.zeros((size, size), np.uint8)
+    out_mask = np.zeros((size, size), np.uint8)
+    resized = image if (h, w) == (height, width) else np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    out_img[top : top + h, left : left + w] = resized
+    if mask is not None and mask.any():
+        if (h, w) == (height, width):
+            small = mask.astype(np.uint8)
+        else:
+            cover = np.asarray(Image.fromarray(mask.astype(np.float32)).resize((w, h), Image.BOX))
+            small = (cover >= 0.5 - 1e-6).astype(np.uint8)
+            if not small.any():
+                small[np.unravel_index(int(np.argmax(cover)), cover.shape)] = 1
+        out_mask[top : top + h, left : left + w] = small
+    return out_img, out_mask, (top, left, h, w)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def encode_png_mask(mask01: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((mask01 > 0).astype(np.uint8) * 255).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------
+# writing
+
+
+def _member_info(name: str, compress: bool) -> zipfile.ZipInfo:
+    """A member with a fixed timestamp (same input, same bytes) and our deflate level.
+
+    ``ZipFile.open(ZipInfo, "w")`` ignores the archive's compresslevel and would use zlib's
+    default (6, ~4x slower), so the level is set on the member itself.
+    """
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    info._compresslevel = DEFLATE_LEVEL  # type: ignore[attr-defined]  # public as compress_level in 3.13
+    return info
+
+
+def _write_member(zf: zipfile.ZipFile, key: str, array: np.ndarray, compress: bool) -> None:
+    info = _member_info(f"{key}.npy", compress)
+    with zf.open(info, "w", force_zip64=True) as fh:
+        np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
+
+
+class CacheWriter:
+    """Stream N letterboxed items into ``path`` (a temp file; the caller renames it).
+
+    Call ``add(image, mask01, box, native_hw)`` in image_id order (raw format), or
+    ``add_encoded(jpeg_bytes, png_bytes, box, native_hw)`` (jpeg format), then ``close()``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], image_ids: Sequence[str], size: int, fmt: str = "raw") -> None:
+        if fmt not in CACHE_FORMATS:
+            raise DataError(f"unknown cache format {fmt!r}", f"use one of {', '.join(CACHE_FORMATS)}")
+        self.path = Path(path)
+        self.image_ids = list(image_ids)
+        self.size = int(size)
+        self.format = fmt
+        self.n = len(self.image_ids)
+        self.boxes = np.zeros((self.n, 4), np.int32)
+        self.native_hw = np.zeros((self.n, 2), np.int32)
+        self.count = 0
+        self._zf = zipfile.ZipFile(self.path, "w", zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=DEFLATE_LEVEL)
+        self._images = None
+        self._masks: list[bytes] = []  # raw: zlib-compressed rows (mostly empty); jpeg: PNGs
+        self._jpegs: list[bytes] = []
+        if fmt == "raw":
+            self._images = self._zf.open(_member_info("images.npy", True), "w", force_zip64=True)
+            header = {"descr": "|u1", "fortran_order": False, "shape": (self.n, self.size, self.size)}
+            np.lib.format.write_array_header_1_0(self._images, header)
+
+    def _meta(self, box: Sequence[int], native_hw: Sequence[int]) -> None:
+        if self.count >= self.n:
+            raise ValueError("more items than image_ids")
+        self.boxes[self.count] = box
+        self.native_hw[self.count] = native_hw
+        self.count += 1
+
+    def add(self, image: np.ndarray, mask01: np.ndarray, box: Sequence[int], native_hw: Sequence[int]) -> None:
+        """Append one letterboxed item: image uint8 [S,S], mask uint8 [S,S] 0/1."""
+        if image.shape != (self.size, self.size) or mask01.shape != (self.size, self.size):
+            raise ValueError(f"item shape {image.shape} / {mask01.shape} != ({self.size}, {self.size})")
+        if self.format == "raw":
+            assert self._images is not None
+            self._images.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+            self._masks.append(zlib.compress(np.ascontiguousarray(mask01 > 0, dtype=np.uint8).tobytes(), 1))
+        else:
+            self._jpegs.append(encode_jpeg(image))
+            self._masks.append(encode_png_mask(mask01))
+        self._meta(box, native_hw)
+
+    def add_encoded(self, payload_image: bytes, payload_mask: bytes, box: Sequence[int], native_hw: Sequence[int]) -> None:
+        """Append an item already encoded by a worker: raw = (image bytes S*S, zlib mask bytes);
+        jpeg = (JPEG bytes, PNG bytes)."""
+        if self.format == "raw":
+            assert self._images is not None
+            if len(payload_image) != self.size * self.size:
+                raise ValueError("raw image payload has the wrong length")
+            self._images.write(payload_image)
+        else:
+            self._jpegs.append(payload_image)
+        self._masks.append(payload_mask)
+        self._meta(box, native_hw)
+
+    def close(self) -> None:
+        """Write the remaining members and close the file (raises if items are missing)."""
+        if self.count != self.n:
+            self.abort()
+            raise ValueError(f"cache got {self.count} items, expected {self.n}")
+        zf = self._zf
+        if self.format == "raw":
+            assert self._images is not None
+            self._images.close()
+            with zf.open(_member_info("masks.npy", True), "w", force_zip64=True) as fh:
+                np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": (self.n, self.size, self.size)})
+                for blob in self._masks:
+                    fh.write(zlib.decompress(blob))
+        else:
+            for key, blobs in (("images", self._jpegs), ("masks", self._masks)):
+                offsets = np.zeros(self.n + 1, np.int64)
+                offsets[1:] = np.cumsum([len(b) for b in blobs]) if blobs else []
+                _write_member(zf, f"{key}_blob", np.frombuffer(b"".join(blobs), np.uint8), compress=False)
+                _write_member(zf, f"{key}_offsets", offsets, compress=True)
+        _write_member(zf, "image_ids", np.array(self.image_ids, dtype=str) if self.image_ids else np.zeros(0, "<U1"), True)
+        _write_member(zf, "format", np.array(self.format, dtype="<U8"), True)
+        _write_member(zf, "size", np.array(self.size, dtype=np.int64), True)
+        _write_member(zf, "boxes", self.boxes, True)
+        _write_member(zf, "native_hw", self.native_hw, True)
+        zf.close()
+
+    def abort(self) -> None:
+        try:
+            if self._images is not None:
+                self._images.close()
+            self._zf.close()
+        except Exception:  # noqa: BLE001 - the temp file is deleted by the caller anyway
+            pass
+
+
+def write_cache(
+    path: str | os.PathLike[str],
+    image_ids: Sequence[str],
+    images: np.ndarray,
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    native_hw: np.ndarray,
+    fmt: str = "raw",
+) -> Path:
+    """Write a whole cache atomically from in-memory arrays (images uint8 [N,S,S], masks 0/1).
+
+    ``image_ids`` must already be sorted (the contract's order). Returns ``path``.
+    """
+    if list(image_ids) != sorted(image_ids):
+        raise ValueError("image_ids must be sorted")
+    n, size = images.shape[0], images.shape[1]
+    with atomic_path(path) as tmp:
+        writer = CacheWriter(tmp, image_ids, size, fmt)
+        try:
+            for i in range(n):
+                writer.add(images[i], masks[i], boxes[i], native_hw[i])
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------
+# reading
+
+
+def _decode_all(blob: np.ndarray, offsets: np.ndarray, size: int, is_mask: bool) -> np.ndarray:
+    """Decode concatenated JPEG/PNG blobs into uint8 [N,S,S] with a thread pool (PIL frees the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    n = len(offsets) - 1
+    out = np.zeros((n, size, size), np.uint8)
+    raw = blob.tobytes()
+
+    def one(i: int) -> None:
+        im = Image.open(io.BytesIO(raw[offsets[i] : offsets[i + 1]]))
+        arr = np.asarray(im.convert("L"))
+        if arr.shape != (size, size):
+            raise ValueError(f"item {i} decodes to {arr.shape}")
+        out[i] = (arr > 127) if is_mask else arr
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        list(pool.map(one, range(n)))
+    return out
+
+
+def load_cache(path: str | os.PathLike[str]) -> CacheArrays:
+    """Load a cache (raw or jpeg; jpeg is decoded once). Bad files give a one-line DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"cache not found: {path}", "run `fxbench prepare --cache-size S` for the size you need")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            fmt = str(z["format"])
+            size = int(z["size"])
+            ids = [str(s) for s in z["image_ids"]]
+            boxes = z["boxes"].astype(np.int32)
+            native_hw = z["native_hw"].astype(np.int32)
+            if fmt == "raw":
+                images = np.ascontiguousarray(z["images"], dtype=np.uint8)
+                masks = np.ascontiguousarray(z["masks"], dtype=np.uint8)
+            elif fmt == "jpeg":
+                images = _decode_all(z["images_blob"], z["images_offsets"], size, is_mask=False)
+                masks = _decode_all(z["masks_blob"], z["masks_offsets"], size, is_mask=True)
+            else:
+                raise DataError(f"{path}: unknown cache format {fmt!r}", "rerun `fxbench prepare --force`")
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise DataError(f"{path} is not a valid fxbench cache ({type(err).__name__}: {err})", "rerun `fxbench prepare --force`") from err
+    n = len(ids)
+    if images.shape != (n, size, size) or masks.shape != (n, size, size) or boxes.shape != (n, 4) or native_hw.shape != (n, 2):
+        raise DataError(f"{path}: arrays do not match {n} images of {size}x{size}", "rerun `fxbench prepare --force`")
+    return CacheArrays(ids, images, masks, boxes, native_hw, size, sha256_file(path), fmt, path)
+
+
+def available_caches(prepared_dir: str | os.PathLike[str]) -> dict[int, Path]:
+    """{S: path} of the caches under ``prepared_dir/cache``."""
+    folder = Path(prepared_dir) / "cache"
+    out: dict[int, Path] = {}
+    if folder.is_dir():
+        for p in folder.iterdir():
+            m = _NAME.match(p.name)
+            if m and p.is_file():
+                out[int(m.group(1))] = p
+    return dict(sorted(out.items()))
+
+
+def find_cache(prepared_dir: str | os.PathLike[str], image_size: int) -> Path:
+    """The smallest cache whose size is >= ``image_size`` (training resizes down from it)."""
+    caches = available_caches(prepared_dir)
+    fits = [s for s in caches if s >= image_size]
+    if not fits:
+        have = ", ".join(str(s) for s in caches) or "none"
+        raise DataError(
+            f"no cache of size >= {image_size} in {Path(prepared_dir) / 'cache'} (have: {have})",
+            f"run `fxbench prepare --archive ARCHIVE --out {prepared_dir} --cache-size {image_size}`",
+        )
+    return caches[fits[0]]
