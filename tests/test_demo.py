@@ -21,6 +21,26 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert metrics["decision_source"] == "tune"
     assert len((run / "test_access.log").read_text().splitlines()) == 1
     assert (out / "report" / "leaderboard.md").is_file()
+    _recompute_independently(run, metrics)
     assert "dice_pos" in result.output
     again = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
+
+
+def _recompute_independently(run: Path, metrics: dict) -> None:
+    """metrics/test.json agrees with a from-scratch numpy/sklearn recomputation from the npz."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    decision = json.loads((run / "decision.json").read_text())
+    with np.load(run / "predictions" / "test.npz", allow_pickle=False) as z:
+        probs = z["probs"].astype(np.float32)
+        gts = z["masks"].astype(bool)
+        scores = z[f"presence_{metrics['presence_source']}"].astype(np.float64)
+    pred = probs >= np.float32(decision["threshold"])
+    pos = gts.reshape(len(gts), -1).any(1)
+    inter = (pred & gts).reshape(len(gts), -1).sum(1)
+    dice = (2 * inter + 1e-6) / (pred.reshape(len(gts), -1).sum(1) + gts.reshape(len(gts), -1).sum(1) + 1e-6)
+    assert abs(dice[pos].mean() - metrics["dice_pos"]) < 1e-9
+    assert abs(roc_auc_score(pos, scores) - metrics["roc_auc_presence"]) < 1e-9
+    assert abs(average_precision_score(pos, scores) - metrics["average_precision_presence"]) < 1e-9
