@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from easy_data import make_easy_prepared
+
 from fxbench.config import load_config
 from fxbench.train.loop import Trainer
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from easy_data import make_easy_prepared
+
 from fxbench.config import load_config
 from fxbench.train.loop import Trainer
 

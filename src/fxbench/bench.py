@@ -57,6 +57,8 @@ def _model_cfg(model: str, size: int, batch: int, steps: int, prepared: Path, de
 
     sets = [f"data.prepared={prepared}", f"data.image_size={size}", f"model.name={model}",
             f"train.batch_size={batch}", "train.epochs=1", f"train.max_steps_per_epoch={steps}",
+            # enough draws for `steps` full batches even when the train split is small
+            f"sampler.epoch_size={steps * batch}",
             "eval.bootstrap=0", f"runtime.device={device}", f"runtime.amp={amp}",
             f"runtime.compile={str(compile_).lower()}", "augment.rotate_prob=0.3"]
     if model == "unet_dual":
@@ -81,9 +83,13 @@ def seed_loop(cfg: Any, jpegs: list[Path], masks: list[Path], steps: int, warmup
     bs = 4
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        from fxbench.data.fracatlas import _truncated_loading
+
         xs, ys = [], []
         for i in rng.integers(0, len(jpegs), bs):
-            with Image.open(jpegs[i]) as im:
+            # The seed sets PIL's LOAD_TRUNCATED_IMAGES (FracAtlas has truncated JPEGs, and so
+            # does the synthetic archive); scoped here instead of process-wide.
+            with _truncated_loading(True), Image.open(jpegs[i]) as im:
                 img = im.convert("RGB").resize((size, size), Image.BILINEAR)
             with Image.open(masks[i]) as m:
                 msk = m.convert("L").resize((size, size), Image.NEAREST)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -20,32 +21,51 @@ from typing import Any
 
 from fxbench.errors import FxbenchError
 
+#: errno values that mean "no room": ENOSPC (disk full) and EDQUOT (quota exceeded).
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", 122)}
+
+
+def _write_error(dest: Path, err: OSError) -> FxbenchError:
+    """One line for an OSError while writing ``dest`` (the previous file, if any, is intact)."""
+    if err.errno in _NO_SPACE:
+        return FxbenchError(f"disk full while writing {dest}", "free some space; the previous file is intact")
+    return FxbenchError(f"cannot write {dest}: {err.strerror or err}",
+                        "check the folder exists and is writable; the previous file is intact")
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; on success rename it over ``dest``.
 
     On any exception the temporary file is removed and ``dest`` is left untouched.
-    A full disk (``OSError`` ENOSPC) becomes a one-line :class:`FxbenchError`.
+    A full disk (``OSError`` ENOSPC/EDQUOT) becomes a one-line "disk full" :class:`FxbenchError`;
+    an ``OSError`` while creating the temporary file or renaming it (read-only folder,
+    permissions) a one-line "cannot write".
+    A crash (kill -9) can leave a ``.<name>.*.tmp`` file behind, never a half-written ``dest``.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        os.close(fd)
+    except OSError as err:
+        raise _write_error(dest, err) from err
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, dest)
     except OSError as err:
         tmp_path.unlink(missing_ok=True)
-        if err.errno == 28:  # ENOSPC
-            raise FxbenchError(
-                f"disk full while writing {dest}", "free some space; the previous file is intact"
-            ) from err
-        raise
+        if err.errno in _NO_SPACE:
+            raise _write_error(dest, err) from err
+        raise  # not necessarily about the write (the body may read inputs): keep the caller's error
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    try:
+        os.replace(tmp_path, dest)
+    except OSError as err:
+        tmp_path.unlink(missing_ok=True)
+        raise _write_error(dest, err) from err
 
 
 def write_bytes_atomic(dest: str | os.PathLike[str], data: bytes) -> None:

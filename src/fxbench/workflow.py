@@ -18,8 +18,16 @@ from fxbench.io import read_json, sha256_file, write_json_atomic
 
 def train_run(cfg: Config, run_dir: Path, resume: bool = False,
               on_progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
-    from fxbench.train.loop import Trainer
+    from fxbench.errors import CheckpointError
+    from fxbench.train.loop import Trainer, dist_info
+    from fxbench.train.run import refuse_fresh_start
 
+    run_dir = Path(run_dir)
+    if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise CheckpointError(f"{run_dir} has no checkpoints/last.pt to resume from",
+                              "it stopped before its first checkpoint: start it again with `fxbench train --run-dir`")
+    if not resume and dist_info()[0] == 0:
+        refuse_fresh_start(run_dir)
     return Trainer(cfg, run_dir, resume=resume, on_progress=on_progress).run()
 
 

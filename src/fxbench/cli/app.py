@@ -20,7 +20,8 @@ FracAtlas X-rays.
 Pipeline: download -> prepare -> train -> eval (val) -> tune (val) -> eval (test, sealed) -> report.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or config error, 3 data missing or invalid,
-4 sealed-test protocol violation, 5 offline and a needed file is missing.
+4 sealed-test protocol violation, 5 offline and a needed file is missing, 130 interrupted
+(Ctrl-C or SIGTERM; an interrupted `train` continues with `fxbench train --resume RUN`).
 Set FXBENCH_DEBUG=1 or pass --debug for full tracebacks.
 """
 

@@ -79,6 +79,10 @@ def handle_errors(fn):  # type: ignore[no-untyped-def]
                 traceback.print_exc()
             print(error_line(err), file=sys.stderr)
             raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            # Typer would turn it into a silent exit 130; say what happened, in the usual form.
+            print("error: interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
 
     return wrapper
 

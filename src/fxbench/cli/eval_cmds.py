@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from fxbench.cli.common import console, handle_errors, out
+from fxbench.cli.misc_cmds import complete_run_path
 
 HEADLINE = ("dice_pos", "iou_pos", "roc_auc_presence", "average_precision_presence", "sensitivity_at_spec90",
             "lesion_recall")
@@ -34,7 +35,7 @@ def metrics_table(metrics: dict[str, Any], title: str):  # type: ignore[no-untyp
 
 @handle_errors
 def eval_(
-    run: Path | None = typer.Argument(None, help="Run folder (omit with --predictions)."),
+    run: Path | None = typer.Argument(None, help="Run folder (omit with --predictions).", autocompletion=complete_run_path),
     split: str = typer.Option("val", "--split", help="val or test (test needs --decision or --threshold)."),
     tta: str | None = typer.Option(None, "--tta", help="none, h, v, hv or d4 (default: the decision's or config's)."),
     decision: Path | None = typer.Option(None, "--decision", help="decision.json from `fxbench tune` (the test split needs it, or --threshold)."),

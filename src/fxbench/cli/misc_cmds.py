@@ -95,25 +95,41 @@ def complete_run_dir(incomplete: str) -> list[str]:
     Offers paths under the runs root (``./runs`` or ``$FXBENCH_RUNS``) and, when the typed
     word already has a folder part (``other/runs/``), run folders under that folder. A bare
     name matching a run under the root is offered as the name (`show` resolves names there).
-    Reusable by any verb: ``typer.Argument(..., autocompletion=complete_run_dir)``.
+    For verbs that need a path (``eval``, ``tune``, ``predict``...) use
+    :func:`complete_run_path`, which never offers bare names.
     """
+    return _complete_runs(incomplete, names=True)
+
+
+def complete_run_path(incomplete: str) -> list[str]:
+    """Like :func:`complete_run_dir`, but only paths: for RUN arguments that are opened as
+    given (``eval``, ``tune``, ``predict``, ``ensemble``, ``blend``), where a bare run name
+    would not resolve. Use as ``typer.Argument(..., autocompletion=complete_run_path)``."""
+    return _complete_runs(incomplete, names=False)
+
+
+def _complete_runs(incomplete: str, names: bool) -> list[str]:
     from fxbench.paths import default_runs_root
 
-    roots = [default_runs_root()]
+    default_root = default_runs_root()
+    # (folder to search, the text the user typed for it: offered paths must start with it,
+    # so "./runs/" completes to "./runs/x", not to the normalised "runs/x")
+    roots: list[tuple[Path, str | None]] = [(default_root, None)]
     head = os.path.dirname(incomplete)
     if head and Path(head).is_dir():
-        roots.append(Path(head))
+        roots.append((Path(head), head))
     paths: set[str] = set()
-    names: set[str] = set()
-    for root in roots:
+    run_names: set[str] = set()
+    for root, typed in roots:
         for run in find_runs(root):
             if (run / "config.resolved.yaml").is_file():
-                paths.add(str(run))
-                if root == roots[0]:
-                    names.add(run.relative_to(root).as_posix() if run != root else run.name)
+                rel = run.relative_to(root).as_posix() if run != root else ""
+                paths.add(str(run) if typed is None else (f"{typed.rstrip('/')}/{rel}" if rel else typed))
+                if typed is None:
+                    run_names.add(rel or run.name)
     matches = {p for p in paths if p.startswith(incomplete)}
-    if not matches and "/" not in incomplete:
-        matches = {n for n in names if n.startswith(incomplete)}
+    if not matches and names and "/" not in incomplete:
+        matches = {n for n in run_names if n.startswith(incomplete)}
     return sorted(matches)
 
 

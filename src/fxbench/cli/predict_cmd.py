@@ -7,12 +7,13 @@ from pathlib import Path
 import typer
 
 from fxbench.cli.common import console, handle_errors
+from fxbench.cli.misc_cmds import complete_run_path
 
 
 @handle_errors
 def predict(
-    run: Path = typer.Argument(..., help="Trained run folder."),
-    inputs: list[Path] = typer.Argument(..., help="Image files or folders (PNG, JPEG, TIFF, DICOM; folders recursed)."),
+    run: Path = typer.Argument(..., help="Trained run folder.", autocompletion=complete_run_path),
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (PNG, JPEG, TIFF, BMP, DICOM; folders recursed)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     decision: Path | None = typer.Option(None, "--decision", help="decision.json (default: RUN/decision.json if present)."),
     tta: str | None = typer.Option(None, "--tta", help="none, h, v, hv, d4 (default: the decision's)."),

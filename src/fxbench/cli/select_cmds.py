@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from fxbench.cli.common import console, handle_errors, out
+from fxbench.cli.misc_cmds import complete_run_path
 
 _TUNE_METRICS = "dice_pos, iou_pos, dice, iou or auc_plus_dice_pos"
 
@@ -85,7 +86,9 @@ def _result_table(title: str, val: dict[str, Any] | None, test: dict[str, Any] |
 
 @handle_errors
 def tune(
-    run: Path = typer.Argument(..., help="Run folder (with predictions/val.npz, or a checkpoint to make it)."),
+    run: Path = typer.Argument(
+        ..., help="Run folder (with predictions/val.npz, or a checkpoint to make it).", autocompletion=complete_run_path
+    ),
     split: str = typer.Option("val", "--split", help="Always val: tuning on test is refused (exit 4)."),
     metric: str = typer.Option("dice_pos", "--metric", help=f"Selection metric: {_TUNE_METRICS}."),
     min_component: list[int] | None = typer.Option(
@@ -150,7 +153,9 @@ def tune(
 
 @handle_errors
 def ensemble(
-    runs: list[Path] = typer.Argument(..., help="Two or more run folders predicting the same split."),
+    runs: list[Path] = typer.Argument(
+        ..., help="Two or more run folders predicting the same split.", autocompletion=complete_run_path
+    ),
     out_dir: Path = typer.Option(..., "--out", help="New folder for the ensemble (run layout)."),
     metric: str = typer.Option("dice_pos", "--metric", help=f"Selection metric on val: {_TUNE_METRICS}."),
     min_component: list[int] | None = typer.Option(None, "--min-component", help="Min component sizes to try."),
@@ -207,8 +212,8 @@ def _finish(summary: dict[str, Any], out_dir: Path, inputs: list[Path], json_out
 
 @handle_errors
 def blend(
-    run_a: Path = typer.Argument(..., help="Run A (the seed's dual-head model)."),
-    run_b: Path = typer.Argument(..., help="Run B."),
+    run_a: Path = typer.Argument(..., help="Run A (the seed's dual-head model).", autocompletion=complete_run_path),
+    run_b: Path = typer.Argument(..., help="Run B.", autocompletion=complete_run_path),
     out_dir: Path = typer.Option(..., "--out", help="New folder for the blend (run layout)."),
     classifier: Path | None = typer.Option(None, "--classifier", help="A presence classifier run for three-way fusion (gamma)."),
     rule: str = typer.Option("best_joint", "--rule", help="best_auc, best_dice_pos or best_joint (AUC + dice_pos)."),

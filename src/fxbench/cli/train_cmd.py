@@ -24,7 +24,13 @@ class TrainDisplay:
 
     def __enter__(self) -> TrainDisplay:
         if not self.quiet:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),

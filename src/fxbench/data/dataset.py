@@ -100,6 +100,9 @@ def _resize_split(images: torch.Tensor, masks: torch.Tensor, boxes: np.ndarray, 
         out_m[sl] = hard.to(torch.uint8)
     scale = size / src
     new_boxes = np.round(boxes.astype(np.float64) * scale).astype(np.int32)
+    # A very thin image (1-2 px wide in the cache) must keep a non-empty box inside the square.
+    new_boxes[:, 2:] = np.clip(new_boxes[:, 2:], 1, size)
+    new_boxes[:, :2] = np.clip(new_boxes[:, :2], 0, size - new_boxes[:, 2:])
     return out_i, out_m, new_boxes
 
 

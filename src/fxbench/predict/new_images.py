@@ -3,6 +3,12 @@
 Per readable image: ``masks/<name>.png`` at native size (0/255), ``overlays/<name>.png`` (red
 contour + presence probability in the corner) and one row in ``predictions.csv`` / ``.json``.
 Unreadable files are listed in ``errors.csv`` and skipped; the batch goes on.
+
+The pixel rule is the one ``fxbench eval --resolution native`` scores with: the network's
+probability map (stored as float16, like the predictions artifact), components smaller than
+the decision's ``min_component`` removed at network resolution, the letterbox inverted with
+:func:`fxbench.evaluate.native.to_native`, then ``prob >= threshold``. Components are counted
+with 8-connectivity, as in the lesion metrics.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from fxbench.errors import DataError
+from fxbench.errors import ConfigError, DataError, UsageError
 from fxbench.io import read_json, write_bytes_atomic, write_csv_atomic, write_json_atomic
+
+#: Images sent through the network together.
+BATCH = 8
 
 
 @dataclass
@@ -29,35 +38,123 @@ class ImageResult:
     components: int
     width: int
     height: int
+    mask: str
+    overlay: str
 
 
 def _output_stem(path: Path, inputs: list[Path]) -> str:
-    """Unique, readable output name: the path relative to its input root, slashes to '__'."""
+    """Readable output name: the path relative to its input folder, slashes to '__'.
+
+    Files named directly keep their stem. Uniqueness is handled by :func:`_unique`.
+    """
     for root in inputs:
         if root.is_dir():
             try:
                 rel = path.relative_to(root)
-                return "__".join(rel.with_suffix("").parts)
             except ValueError:
                 continue
+            return "__".join(rel.with_suffix("").parts)
     return path.stem
 
 
+def _unique(stem: str, path: Path, used: set[str]) -> str:
+    """``stem``, or ``stem.<ext>`` / ``stem.<ext>-2``... when another input already took it
+    (``a.png`` and ``a.jpg`` in one folder must not overwrite each other's outputs)."""
+    candidates = [stem, f"{stem}.{path.suffix.lstrip('.').lower()}" if path.suffix else f"{stem}-2"]
+    for name in candidates:
+        if name.lower() not in used:
+            used.add(name.lower())
+            return name
+    k = 2
+    while f"{candidates[1]}-{k}".lower() in used:
+        k += 1
+    used.add(f"{candidates[1]}-{k}".lower())
+    return f"{candidates[1]}-{k}"
+
+
 def overlay_png(grey: np.ndarray, mask: np.ndarray, presence: float, decided: int) -> bytes:
-    from PIL import Image, ImageDraw
+    """RGB PNG of ``grey`` with the mask's outline in red and the presence score in the corner.
+
+    Line width and text size grow with the image, so both stay visible on a full-size radiograph.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+    from scipy.ndimage import binary_dilation
     from skimage.segmentation import find_boundaries
 
+    h, w = grey.shape
     rgb = np.repeat(grey[..., None], 3, axis=2).copy()
     edge = find_boundaries(mask > 0, mode="thick")
+    grow = max(0, round(min(h, w) / 500))
+    if grow and edge.any():
+        edge = binary_dilation(edge, iterations=grow)
     rgb[edge] = (255, 40, 40)
     im = Image.fromarray(rgb)
     draw = ImageDraw.Draw(im)
     text = f"fracture p={presence:.2f} {'YES' if decided else 'no'}"
-    draw.rectangle((0, 0, 8 + 7 * len(text), 16), fill=(0, 0, 0))
-    draw.text((4, 2), text, fill=(255, 255, 0) if decided else (200, 200, 200))
+    font_px = max(11, min(h, w) // 30)
+    try:
+        font = ImageFont.load_default(size=font_px)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
+        font = ImageFont.load_default()
+    x0, y0, x1, y1 = draw.textbbox((4, 2), text, font=font)
+    draw.rectangle((0, 0, x1 + 4, y1 + 3), fill=(0, 0, 0))
+    draw.text((4, 2), text, fill=(255, 255, 0) if decided else (200, 200, 200), font=font)
     buf = _io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _png(mask01: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.fromarray((mask01 > 0).astype(np.uint8) * 255).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def native_mask(prob: np.ndarray, box: Any, native_hw: tuple[int, int], threshold: float,
+                min_component: int = 0) -> np.ndarray:
+    """Network-resolution probabilities [S,S] -> bool mask at native size (eval's native rule)."""
+    from fxbench.evaluate.metrics import remove_small_components, threshold_probs
+    from fxbench.evaluate.native import to_native
+
+    prob = np.asarray(prob, dtype=np.float16)
+    if min_component > 1:
+        cache_pred = threshold_probs(prob, threshold)
+        dropped = cache_pred & ~remove_small_components(cache_pred, min_component)
+        if dropped.any():
+            prob = np.where(dropped, np.float16(0), prob)
+    return threshold_probs(to_native(prob, box, native_hw), threshold)
+
+
+def _run_cache_size(run_dir: Path, cfg: Any) -> int:
+    """Edge of the cache the run was trained from (run.json ``cache``, e.g. ``512.npz``)."""
+    info = Path(run_dir) / "run.json"
+    if info.is_file():
+        name = str(read_json(info).get("cache") or "")
+        stem = name.split(".", 1)[0]
+        if stem.isdigit():
+            return int(stem)
+    return int(cfg.data.cache_size or cfg.data.image_size)
+
+
+def _decision(run_dir: Path, cfg: Any, decision_path: Path | None) -> tuple[dict[str, Any], Path | None]:
+    """The operating point: the named decision file (must exist), else RUN/decision.json if the
+    run has one, else the config's ``eval`` defaults."""
+    from fxbench.select.decision import read_decision
+
+    if decision_path is not None:
+        path: Path | None = Path(decision_path)
+    else:
+        path = Path(run_dir) / "decision.json"
+        if not path.is_file():
+            path = None
+    if path is None:
+        ev = cfg.eval
+        return {"threshold": ev.threshold, "presence_source": ev.presence_source,
+                "presence_threshold": ev.presence_threshold, "min_component": ev.min_component,
+                "tta": None, "source": "config"}, None
+    return read_decision(path).to_dict(), path
 
 
 def predict_images(
@@ -70,68 +167,107 @@ def predict_images(
     device: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Predict every readable image under ``inputs``; returns a summary dict."""
-    import torch
-    from skimage.measure import label as cc_label
+    """Predict every readable image under ``inputs``; returns a summary dict.
 
+    Raises:
+        DataError: no input files, or a decision file that is missing or malformed.
+        UsageError: ``tta`` differs from the decision's, or the decision's presence source is
+            not one this run produces (e.g. a blend's).
+    """
+    import torch
+
+    from fxbench.evaluate.evaluation import resolve_presence_source
+    from fxbench.evaluate.metrics import label_components
     from fxbench.models.inference import predict_tensors
-    from fxbench.predict.images import collect_inputs, letterbox, read_grey, unletterbox
+    from fxbench.predict.images import collect_inputs, network_input, read_grey
     from fxbench.predict.infer import load_run_model
     from fxbench.train.loop import pick_amp, pick_device
 
-    model, cfg, _ = load_run_model(run_dir, which, "cpu")
-    dev = pick_device(device if device != "auto" else cfg.runtime.device)
-    model.to(dev)
-    amp = pick_amp(cfg.runtime.amp, dev)
-    dec_file = decision_path or (Path(run_dir) / "decision.json")
-    decision = dict(read_json(dec_file)) if dec_file.is_file() else {}
-    threshold = float(decision.get("threshold", cfg.eval.threshold))
-    pres_thr = float(decision.get("presence_threshold", cfg.eval.presence_threshold))
-    source = decision.get("presence_source", cfg.eval.presence_source)
-    tta = tta or decision.get("tta") or cfg.eval.tta
-    size = cfg.data.image_size
-
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    inputs = [Path(p) for p in inputs]
     files = collect_inputs(inputs)
     if not files:
         raise DataError("no image files found in the inputs", "PNG, JPEG, TIFF, BMP and DICOM (.dcm) are read")
+    model, cfg, _ = load_run_model(run_dir, which, "cpu")
+    dec, dec_file = _decision(run_dir, cfg, decision_path)
+    if tta and dec.get("tta") and tta != dec["tta"]:
+        raise UsageError(f"--tta {tta} differs from the decision's tta {dec['tta']}",
+                         "drop --tta; the decision's threshold was chosen for its own TTA")
+    tta = tta or dec.get("tta") or cfg.eval.tta
+    threshold = float(dec["threshold"])
+    pres_thr = float(dec["presence_threshold"])
+    min_component = int(dec.get("min_component") or 0)
+    sources = ["max", "topk_mean"] + (["head"] if model.has_presence_head else [])
+    try:
+        source = resolve_presence_source(sources, str(dec.get("presence_source") or "auto"))
+    except ConfigError as err:  # say it in predict's terms
+        raise UsageError(
+            f"the decision's presence source {dec.get('presence_source')!r} is not produced by {run_dir.name} "
+            f"(it gives {', '.join(sorted(sources))})",
+            "predict applies a single run's decision: use the decision file written by `fxbench tune` for this run",
+        ) from err
+
+    dev = pick_device(device if device != "auto" else cfg.runtime.device)
+    model.to(dev)
+    amp = pick_amp(cfg.runtime.amp, dev)
+    size = cfg.data.image_size
+    cache_size = _run_cache_size(run_dir, cfg)
+
     results: list[ImageResult] = []
     errors: list[dict[str, str]] = []
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    for i, path in enumerate(files):
+    used: set[str] = set()
+    done = 0
+
+    def flush(batch: list[tuple[Path, np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        nonlocal done
+        if not batch:
+            return
+        squares = torch.from_numpy(np.stack([b[2] for b in batch]))[:, None]
+        boxes = np.stack([b[3] for b in batch])
+        probs, pres = predict_tensors(model, squares, boxes, tta=tta, batch_size=len(batch), device=dev,
+                                      amp_dtype=amp, topk_frac=cfg.eval.presence_topk_frac)
+        for k, (path, grey, _, box) in enumerate(batch):
+            mask = native_mask(probs[k], box, grey.shape, threshold, min_component)
+            presence = float(pres[source][k])
+            decided = int(presence >= pres_thr)
+            _, n_comp = label_components(mask)
+            stem = _unique(_output_stem(path, inputs), path, used)
+            write_bytes_atomic(out_dir / "masks" / f"{stem}.png", _png(mask))
+            write_bytes_atomic(out_dir / "overlays" / f"{stem}.png", overlay_png(grey, mask, presence, decided))
+            results.append(ImageResult(str(path), round(presence, 6), decided, int(mask.sum()), n_comp,
+                                       int(grey.shape[1]), int(grey.shape[0]), f"masks/{stem}.png",
+                                       f"overlays/{stem}.png"))
+            done += 1
+            if on_progress:
+                on_progress(done + len(errors), len(files))
+        batch.clear()
+
+    pending: list[tuple[Path, np.ndarray, np.ndarray, np.ndarray]] = []
+    for path in files:
         try:
             grey = read_grey(path)
         except DataError as err:
             errors.append({"file": str(path), "error": str(err)})
             if on_progress:
-                on_progress(i + 1, len(files))
+                on_progress(done + len(errors), len(files))
             continue
-        square, box = letterbox(grey, size)
-        probs, pres = predict_tensors(model, torch.from_numpy(square)[None, None], np.array([box]), tta=tta,
-                                      batch_size=1, device=dev, amp_dtype=amp, topk_frac=cfg.eval.presence_topk_frac)
-        src = source if source in pres else ("head" if "head" in pres else "max")
-        p_native = unletterbox(probs[0], box, grey.shape)
-        mask = (p_native >= threshold).astype(np.uint8)
-        presence = float(pres[src][0])
-        decided = int(presence >= pres_thr)
-        n_comp = int(cc_label(mask, connectivity=2).max())
-        stem = _output_stem(path, inputs)
-        from PIL import Image
+        square, box = network_input(grey, size, cache_size)
+        pending.append((path, grey, square, box))
+        if len(pending) >= BATCH:
+            flush(pending)
+    flush(pending)
 
-        buf = _io.BytesIO()
-        Image.fromarray(mask * 255).save(buf, format="PNG")
-        write_bytes_atomic(out_dir / "masks" / f"{stem}.png", buf.getvalue())
-        write_bytes_atomic(out_dir / "overlays" / f"{stem}.png", overlay_png(grey, mask, presence, decided))
-        results.append(ImageResult(str(path), round(presence, 6), decided, int(mask.sum()), n_comp,
-                                   grey.shape[1], grey.shape[0]))
-        if on_progress:
-            on_progress(i + 1, len(files))
     rows = [asdict(r) for r in results]
     fields = list(ImageResult.__dataclass_fields__)
     write_csv_atomic(out_dir / "predictions.csv", rows, fields)
     write_json_atomic(out_dir / "predictions.json", {
-        "run": str(run_dir), "threshold": threshold, "presence_source": source, "presence_threshold": pres_thr,
-        "tta": tta, "decision_file": str(dec_file) if dec_file.is_file() else None, "images": rows, "errors": errors,
+        "run": str(run_dir), "checkpoint": f"{which}.pt", "threshold": threshold, "min_component": min_component,
+        "presence_source": source, "presence_threshold": pres_thr, "tta": tta,
+        "decision_file": str(dec_file) if dec_file is not None else None,
+        "decision_source": dec.get("source"), "image_size": size, "cache_size": cache_size,
+        "images": rows, "errors": errors,
     })
     write_csv_atomic(out_dir / "errors.csv", errors, ["file", "error"])
     return {"predicted": len(results), "errors": errors, "out": str(out_dir)}

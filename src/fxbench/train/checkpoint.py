@@ -6,8 +6,10 @@ a stranger is safe to open. Every checkpoint carries a format tag and its config
 
 from __future__ import annotations
 
+import os
 import pickle
-import zipfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +22,70 @@ FORMAT = "fxbench-ckpt-1"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (with the format tag added) to ``path`` via tmp + rename."""
+    """Write ``payload`` (with the format tag added) to ``path`` via tmp + fsync + rename.
+
+    ``torch.save`` gets a Python file object, not a path: given a path, its C++ writer turns a
+    full disk into ``RuntimeError: unexpected pos ...``; through a file object the ``OSError``
+    (ENOSPC) reaches :func:`fxbench.io.atomic_path`, which reports "disk full" and keeps the
+    previous checkpoint. The fsync makes the renamed file durable, not just complete.
+    """
     data = {"format": FORMAT, **payload}
     with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _refusal_reason(err: BaseException) -> tuple[bool, str]:
+    """(pickled code or objects?, short reason) from torch's weights-only unpickler message."""
+    text = str(err)
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    if match:
+        return True, f"it would import {match.group(1)}"
+    for pattern in (r"Unsupported operand \d+", r"invalid load key[^\n]*", r"Unsupported class [\w.]+"):
+        found = re.search(pattern, text)
+        if found:
+            return False, found.group(0).rstrip(".")
+    return False, type(err).__name__
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely; one-line CheckpointError for anything untrusted or foreign."""
+    """Load a checkpoint safely; one-line CheckpointError for anything untrusted or foreign.
+
+    Nothing in the file runs: ``weights_only=True`` refuses any pickled global (a class, a
+    function such as ``os.system``) before calling it. Besides the format tag, the checkpoint
+    must hold its weights as a dict of tensors under ``model``.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}", "check the run folder or pass --which last")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns on stderr about pickle protocols of foreign files; the error below says it all.
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refused to load {path}: it contains pickled code or objects, not just tensors",
-            "only load checkpoints written by fxbench",
-        ) from err
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__})") from err
+        code, reason = _refusal_reason(err)
+        if code:
+            raise CheckpointError(
+                f"refused to load {path}: {reason}, i.e. it contains pickled code or objects, not just tensors",
+                "nothing in it was run; only load checkpoints written by fxbench",
+            ) from err
+        raise CheckpointError(f"refused to load {path}: not a tensors-only checkpoint ({reason})",
+                              "only load checkpoints written by fxbench") from err
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, KeyError, EOFError... for junk
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__})",
+                              "the file is damaged, truncated or not a torch checkpoint") from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an fxbench checkpoint (format {data.get('format') if isinstance(data, dict) else '?'!r})",
             f"expected format {FORMAT}",
         )
+    model = data.get("model")
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise CheckpointError(f"{path} has no model weights (a dict of tensors under 'model')",
+                              "the file is damaged or was not written by fxbench")
     return data
 
 

@@ -25,7 +25,13 @@ from fxbench.config import Config
 from fxbench.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fxbench.io import sha256_file, write_csv_atomic, write_json_atomic, write_text_atomic
 from fxbench.train.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
-from fxbench.train.run import environment, now_iso, run_lock, update_run_json
+from fxbench.train.run import (
+    check_selection_metric,
+    environment,
+    now_iso,
+    run_lock,
+    update_run_json,
+)
 
 HISTORY_FIELDS = [
     "epoch", "step", "lr", "train_loss", "presence_weight", "seconds", "img_per_s",
@@ -189,6 +195,7 @@ class Trainer:
 
         prep = cfg.data.prepared or prepared_dir()
         self.data = load_prepared(prep, cfg.data.image_size, cfg.data.cache_size, splits=("train", "val"))
+        check_selection_metric(cfg.train.selection_metric, self.data.splits["val"].labels)
         train = self.data.splits["train"]
         on_gpu = self.device.type == "cuda"
         # The uint8 train set is small (2,858 x 256^2 = 187 MB): keep it on the device.
@@ -290,11 +297,18 @@ class Trainer:
 
     # -- main -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with run_lock(self.run_dir):
-                return self._run_locked()
-        return self._run_locked()
+        # Handlers first: a SIGINT/SIGTERM during the lock, set-up or run.json write only sets the
+        # flag, and the first step saves a resumable last.pt (it used to kill or fail the run).
+        old_handlers = self._install_signals()
+        try:
+            if self.rank == 0:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                with run_lock(self.run_dir):
+                    return self._run_locked()
+            return self._run_locked()
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
 
     def _install_signals(self) -> dict[int, Any]:
         old = {}
@@ -325,7 +339,6 @@ class Trainer:
             history = _read_history(run_dir / "history.csv")
         elif self.rank == 0:
             self._write_run_start()
-        old_handlers = self._install_signals()
         status = "failed"
         try:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -361,9 +374,6 @@ class Trainer:
             if self.rank == 0:
                 update_run_json(run_dir, status="failed", ended=now_iso())
             raise
-        finally:
-            for sig, h in old_handlers.items():
-                signal.signal(sig, h)
 
     def _train_epoch(self, epoch: int, first: int, gen: torch.Generator, best: dict[str, Any],
                      ckpt_dir: Path) -> dict[str, Any] | None:
