@@ -165,3 +165,18 @@ def test_report_cli_and_errors(runs: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError):
         discover([tmp_path / "empty"])
+
+
+def test_seed_spread_mean_and_sd() -> None:
+    from fxbench.report.leaderboard import seed_groups
+
+    rows = [
+        {"path": f"/x/recipe-sweep/seed_{s}", "name": f"seed_{s}", "split": "test", "dice_pos": d,
+         "roc_auc_presence": 0.9, "average_precision_presence": None, "iou_pos": d / 2}
+        for s, d in ((0, 0.40), (1, 0.44), (2, 0.48))
+    ] + [{"path": "/x/other", "name": "other", "split": "test", "dice_pos": 0.1, "roc_auc_presence": 0.5,
+          "average_precision_presence": 0.2, "iou_pos": 0.05}]
+    (group,) = seed_groups(rows)
+    assert group["recipe"] == "recipe" and group["seeds"] == 3
+    assert abs(group["dice_pos_mean"] - 0.44) < 1e-12 and abs(group["dice_pos_sd"] - 0.04) < 1e-12
+    assert group["roc_auc_presence_sd"] == 0.0 and group["average_precision_presence_mean"] is None

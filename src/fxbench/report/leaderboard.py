@@ -146,6 +146,32 @@ def build_leaderboard(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     return sorted(rows, key=key)
 
 
+def seed_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample SD over the seeds of each sweep (runs in ``<name>-sweep/seed_<s>``).
+
+    Seed spread (training randomness) is reported apart from the bootstrap CIs (test-sampling
+    randomness): a recipe's number is the mean over >= 3 seeds, and its spread says how far a
+    single run can land from it. Only rows of one split are pooled.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        folder = Path(r["path"])
+        if folder.name.startswith("seed_") and folder.parent.name.endswith("-sweep") and r["split"]:
+            groups.setdefault((folder.parent.name.removesuffix("-sweep"), r["split"]), []).append(r)
+    out = []
+    for (name, split), members in sorted(groups.items()):
+        entry: dict[str, Any] = {"recipe": name, "split": split, "seeds": len(members),
+                                 "runs": [m["name"] for m in members]}
+        for key in (*HEADLINE, "iou_pos"):
+            vals = [m[key] for m in members if m.get(key) is not None]
+            entry[f"{key}_mean"] = sum(vals) / len(vals) if vals else None
+            entry[f"{key}_sd"] = (
+                math.sqrt(sum((v - entry[f"{key}_mean"]) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+            )
+        out.append(entry)
+    return out
+
+
 def _fmt(v: float | None, ci: list[float | None] | None = None) -> str:
     if v is None:
         return "-"
@@ -170,6 +196,16 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "fxbench leaderboar
             (r["split_sha256"] or "-")[:12], str(r["test_accesses"]),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    spread = seed_groups(rows)
+    if spread:
+        lines += ["", "## Seed spread (mean ± SD over seeds)", "",
+                  "| recipe | split | seeds | dice_pos | iou_pos | AUC | AP |", "|---|---|---|---|---|---|---|"]
+        for g in spread:
+            cells = [g["recipe"], g["split"], str(g["seeds"])]
+            for key in ("dice_pos", "iou_pos", "roc_auc_presence", "average_precision_presence"):
+                m, sd = g[f"{key}_mean"], g[f"{key}_sd"]
+                cells.append("-" if m is None else f"{m:.3f}" + ("" if sd is None else f" ± {sd:.3f}"))
+            lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "- **split**: `test` rows were scored once with a decision frozen on val (see the folder's "
@@ -188,5 +224,5 @@ def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[s
     out = Path(out_dir)
     md, js = out / "leaderboard.md", out / "leaderboard.json"
     write_text_atomic(md, render_markdown(rows))
-    write_json_atomic(js, {"rows": rows})
+    write_json_atomic(js, {"rows": rows, "seed_spread": seed_groups(rows)})
     return {"markdown": str(md), "json": str(js)}
