@@ -261,30 +261,66 @@ def write_cache(
 # reading
 
 
-def _decode_all(blob: np.ndarray, offsets: np.ndarray, size: int, is_mask: bool) -> np.ndarray:
-    """Decode concatenated JPEG/PNG blobs into uint8 [N,S,S] with a thread pool (PIL frees the GIL)."""
+def _decode_all(
+    blob: np.ndarray, offsets: np.ndarray, size: int, is_mask: bool, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Decode concatenated JPEG/PNG blobs (all, or ``rows``) into uint8 [n,S,S] with a thread pool."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
 
-    n = len(offsets) - 1
-    out = np.zeros((n, size, size), np.uint8)
+    sel = np.arange(len(offsets) - 1) if rows is None else rows
+    out = np.zeros((len(sel), size, size), np.uint8)
     raw = blob.tobytes()
 
-    def one(i: int) -> None:
+    def one(k: int) -> None:
+        i = int(sel[k])
         im = Image.open(io.BytesIO(raw[offsets[i] : offsets[i + 1]]))
         arr = np.asarray(im.convert("L"))
         if arr.shape != (size, size):
             raise ValueError(f"item {i} decodes to {arr.shape}")
-        out[i] = (arr > 127) if is_mask else arr
+        out[k] = (arr > 127) if is_mask else arr
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        list(pool.map(one, range(n)))
+        list(pool.map(one, range(len(sel))))
     return out
 
 
-def load_cache(path: str | os.PathLike[str]) -> CacheArrays:
-    """Load a cache (raw or jpeg; jpeg is decoded once). Bad files give a one-line DataError."""
+def _read_npy_rows(zf: zipfile.ZipFile, key: str, rows: np.ndarray) -> np.ndarray:
+    """Stream ``key.npy`` out of the zip and keep only ``rows`` (sorted) of its first axis.
+
+    Memory stays at the size of the selected rows: the 512-px raw cache of the whole dataset is
+    1.07 GB per array, and a training run needs only its splits.
+    """
+    with zf.open(f"{key}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        if fortran or dtype != np.uint8 or len(shape) != 3:
+            raise ValueError(f"{key}: expected C-order uint8 [N,S,S], got {dtype} {shape}")
+        row_bytes = shape[1] * shape[2]
+        out = np.empty((len(rows), shape[1], shape[2]), np.uint8)
+        pos = 0
+        for i in range(int(rows[-1]) + 1 if len(rows) else 0):
+            chunk = fh.read(row_bytes)
+            if len(chunk) != row_bytes:
+                raise EOFError(f"{key}: truncated at row {i}")
+            if i == rows[pos]:
+                out[pos] = np.frombuffer(chunk, np.uint8).reshape(shape[1], shape[2])
+                pos += 1
+                if pos == len(rows):
+                    break
+    return out
+
+
+def load_cache(path: str | os.PathLike[str], rows: Sequence[int] | np.ndarray | None = None) -> CacheArrays:
+    """Load a cache (raw or jpeg; jpeg is decoded once). Bad files give a one-line DataError.
+
+    ``rows``: load only these positions (any order; returned sorted ascending), so a caller that
+    needs one split never holds the whole dataset in memory.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"cache not found: {path}", "run `fxbench prepare --cache-size S` for the size you need")
@@ -293,16 +329,21 @@ def load_cache(path: str | os.PathLike[str]) -> CacheArrays:
             fmt = str(z["format"])
             size = int(z["size"])
             ids = [str(s) for s in z["image_ids"]]
-            boxes = z["boxes"].astype(np.int32)
-            native_hw = z["native_hw"].astype(np.int32)
+            sel = np.arange(len(ids)) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+            if len(sel) and (sel[0] < 0 or sel[-1] >= len(ids)):
+                raise DataError(f"{path}: row index out of range", "re-run `fxbench prepare --force`")
+            boxes = z["boxes"].astype(np.int32)[sel]
+            native_hw = z["native_hw"].astype(np.int32)[sel]
             if fmt == "raw":
-                images = np.ascontiguousarray(z["images"], dtype=np.uint8)
-                masks = np.ascontiguousarray(z["masks"], dtype=np.uint8)
+                with zipfile.ZipFile(path) as zf:
+                    images = _read_npy_rows(zf, "images", sel)
+                    masks = _read_npy_rows(zf, "masks", sel)
             elif fmt == "jpeg":
-                images = _decode_all(z["images_blob"], z["images_offsets"], size, is_mask=False)
-                masks = _decode_all(z["masks_blob"], z["masks_offsets"], size, is_mask=True)
+                images = _decode_all(z["images_blob"], z["images_offsets"], size, is_mask=False, rows=sel)
+                masks = _decode_all(z["masks_blob"], z["masks_offsets"], size, is_mask=True, rows=sel)
             else:
                 raise DataError(f"{path}: unknown cache format {fmt!r}", "rerun `fxbench prepare --force`")
+            ids = [ids[i] for i in sel]
     except DataError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, zlib.error) as err:
@@ -311,6 +352,15 @@ def load_cache(path: str | os.PathLike[str]) -> CacheArrays:
     if images.shape != (n, size, size) or masks.shape != (n, size, size) or boxes.shape != (n, 4) or native_hw.shape != (n, 2):
         raise DataError(f"{path}: arrays do not match {n} images of {size}x{size}", "rerun `fxbench prepare --force`")
     return CacheArrays(ids, images, masks, boxes, native_hw, size, sha256_file(path), fmt, path)
+
+
+def cache_image_ids(path: str | os.PathLike[str]) -> list[str]:
+    """The image ids of a cache, in row order, without reading its arrays."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return [str(s) for s in z["image_ids"]]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise DataError(f"{path} is not a valid fxbench cache ({type(err).__name__}: {err})", "rerun `fxbench prepare --force`") from err
 
 
 def available_caches(prepared_dir: str | os.PathLike[str]) -> dict[int, Path]:

@@ -43,14 +43,6 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def valid_mask(self) -> torch.Tensor:
-        """bool [N,1,S,S]: True inside each image's letterbox box."""
-        n, _, s, _ = self.images.shape
-        out = torch.zeros((n, 1, s, s), dtype=torch.bool)
-        for i, (t, left, h, w) in enumerate(self.boxes.tolist()):
-            out[i, :, t : t + h, left : left + w] = True
-        return out
-
 
 @dataclass
 class PreparedData:
@@ -113,7 +105,7 @@ def load_prepared(
     splits: tuple[str, ...] = ("train", "val", "test"),
 ) -> PreparedData:
     """Load the prepared cache for ``splits`` at network resolution ``image_size``."""
-    from fxbench.data.cache import find_cache, load_cache
+    from fxbench.data.cache import cache_image_ids, find_cache, load_cache
 
     prepared_dir = Path(prepared_dir)
     rows = read_manifest(prepared_dir)
@@ -126,8 +118,7 @@ def load_prepared(
             )
     else:
         cache_path = find_cache(prepared_dir, image_size)
-    cache = load_cache(cache_path)
-    index = {iid: i for i, iid in enumerate(cache.image_ids)}
+    index = {iid: i for i, iid in enumerate(cache_image_ids(cache_path))}
     missing = [r["image_id"] for r in rows if r["image_id"] not in index]
     if missing:
         raise DataError(
@@ -140,9 +131,14 @@ def load_prepared(
         if not sel:
             raise DataError(f"split '{name}' is empty in {prepared_dir}/manifest.csv", "re-run `fxbench prepare`")
         idx = np.array([index[r["image_id"]] for r in sel], dtype=np.int64)
-        images = torch.from_numpy(np.ascontiguousarray(cache.images[idx]))[:, None]
-        masks = torch.from_numpy(np.ascontiguousarray(cache.masks[idx]))[:, None]
-        boxes = cache.boxes[idx].astype(np.int32)
+        # Only this split's rows are read from the cache (memory: the split, not the dataset).
+        cache = load_cache(cache_path, idx)
+        order = np.argsort(np.argsort(idx, kind="stable"), kind="stable")  # manifest order in sorted rows
+        take = (lambda a: a) if np.all(order == np.arange(len(idx))) else (lambda a: a[order])
+        images = torch.from_numpy(np.ascontiguousarray(take(cache.images)))[:, None]
+        masks = torch.from_numpy(np.ascontiguousarray(take(cache.masks)))[:, None]
+        boxes = take(cache.boxes).astype(np.int32)
+        native_hw = take(cache.native_hw).astype(np.int32)
         if cache.size != image_size:
             images, masks, boxes = _resize_split(images, masks, boxes, image_size)
         labels = (masks.flatten(1).amax(1) > 0).numpy().astype(np.int64)
@@ -157,7 +153,7 @@ def load_prepared(
             masks=masks,
             labels=labels,
             boxes=boxes,
-            native_hw=cache.native_hw[idx].astype(np.int32),
+            native_hw=native_hw,
             metadata=meta,
         )
     mean, std = _train_stats(out.get("train"))
@@ -174,11 +170,21 @@ def load_prepared(
 
 
 def _train_stats(train: SplitData | None) -> tuple[float, float]:
-    """Mean and std of train pixels inside the letterbox boxes, in [0,1] units."""
+    """Mean and std of train pixels inside the letterbox boxes, in [0,1] units.
+
+    Accumulated per image with integer sums: a float copy of the whole 512-px train set
+    would need gigabytes.
+    """
     if train is None:
         return 0.5, 0.25
-    valid = train.valid_mask()
-    px = train.images[valid].double() / 255.0
-    if px.numel() == 0:
+    total, total_sq, count = 0, 0, 0
+    for i, (t, left, h, w) in enumerate(train.boxes.tolist()):
+        px = train.images[i, 0, t : t + h, left : left + w].to(torch.int64)
+        total += int(px.sum())
+        total_sq += int((px * px).sum())
+        count += px.numel()
+    if count == 0:
         return 0.5, 0.25
-    return float(px.mean()), float(max(px.std().item(), 1e-3))
+    mean = total / count
+    var = max(total_sq / count - mean * mean, 0.0)
+    return mean / 255.0, max(var**0.5 / 255.0, 1e-3)

@@ -198,10 +198,19 @@ class Trainer:
         check_selection_metric(cfg.train.selection_metric, self.data.splits["val"].labels)
         train = self.data.splits["train"]
         on_gpu = self.device.type == "cuda"
-        # The uint8 train set is small (2,858 x 256^2 = 187 MB): keep it on the device.
-        self.train_images = train.images.to(self.device) if on_gpu else train.images
-        self.train_masks = train.masks.to(self.device) if on_gpu else train.masks
+        # The uint8 train set is small (2,858 x 256^2 = 187 MB): keep it on the device. Masks are
+        # kept for positive images only (82% of FracAtlas masks are empty), and the host copy of a
+        # set moved to the GPU is dropped, so host RAM stays low even with a 512-px cache.
         self.train_labels = train.labels
+        pos_rows = np.flatnonzero(train.labels > 0)
+        mask_row = np.full(len(train), -1, dtype=np.int64)
+        mask_row[pos_rows] = np.arange(len(pos_rows))
+        self.mask_row = torch.from_numpy(mask_row).to(self.device)
+        self.train_masks_pos = train.masks[torch.from_numpy(pos_rows)].to(self.device)
+        self.train_images = train.images.to(self.device)
+        train.masks = torch.empty((0, 1, 1, 1), dtype=torch.uint8)  # no longer needed in full
+        if on_gpu:
+            train.images = self.train_images
 
         mean, std = normalization_stats(cfg.data.normalize, self.data.mean, self.data.std)
         # Initial weights come from the global RNG: seed it so a seed means one network.
@@ -287,9 +296,7 @@ class Trainer:
             source = "head" if "head" in pres else "max"
         prm = presence_metrics(pres[source], val.labels, ev.presence_threshold)
         out = {k: float(v) for k, v in {**seg, **prm}.items() if isinstance(v, (int, float, np.floating, np.integer))}
-        # A cheap val loss: BCE of the mean probability maps is not comparable; report seg BCE.
-        p = np.clip(probs, 1e-6, 1 - 1e-6)
-        out["loss"] = float(-(masks * np.log(p) + (~masks) * np.log(1 - p)).mean())
+        out["loss"] = _pixel_bce(probs, masks)
         out["neg_loss"] = -out["loss"]
         auc = out.get("roc_auc_presence", float("nan"))
         out["auc_plus_dice_pos"] = (0.0 if math.isnan(auc) else auc) + out.get("dice_pos", 0.0)
@@ -395,9 +402,9 @@ class Trainer:
                     save_checkpoint(ckpt_dir / "last.pt", self._state(epoch, step, best, gen))
                 return None
             idx = torch.from_numpy(idx_all[step * bs : (step + 1) * bs])
-            dev_idx = idx.to(self.train_images.device)
-            x = self.train_images.index_select(0, dev_idx).to(self.device, non_blocking=True).float().div_(255.0)
-            y = self.train_masks.index_select(0, dev_idx).to(self.device, non_blocking=True).float()
+            dev_idx = idx.to(self.device, non_blocking=True)
+            x = self.train_images.index_select(0, dev_idx).float().div_(255.0)
+            y = self._gather_masks(dev_idx, x.shape)
             positive = torch.from_numpy(self.train_labels[idx.numpy()] > 0).to(self.device)
             if cfg.sampler.patch.enabled:
                 x, y = crop_patches(x, y, positive, cfg.sampler.patch, gen)
@@ -436,6 +443,15 @@ class Trainer:
             "train_loss": float(np.mean(losses)) if losses else float("nan"), "presence_weight": pw,
             "seconds": round(secs, 3), "img_per_s": round(seen / max(secs, 1e-9), 2),
         }
+
+    def _gather_masks(self, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Float masks [B,1,H,W] for train rows ``idx``: zeros, filled in for positive images."""
+        if len(self.train_masks_pos) == 0:
+            return torch.zeros(shape, device=self.device)
+        rows = self.mask_row.index_select(0, idx)
+        # Gather with clamped rows and zero the negatives: no host sync on the hot path.
+        y = self.train_masks_pos.index_select(0, rows.clamp(min=0)).float()
+        return y * (rows >= 0).view(-1, 1, 1, 1)
 
     def _validate_and_select(self, epoch: int, best: dict[str, Any], ckpt_dir: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -531,6 +547,17 @@ class Trainer:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
         return {**summary, "run_dir": str(self.run_dir)}
+
+
+def _pixel_bce(probs: np.ndarray, masks: np.ndarray, chunk: int = 32) -> float:
+    """Mean pixel BCE of probabilities [N,S,S] vs masks, in chunks (no full-size temporaries)."""
+    total, count = 0.0, 0
+    for start in range(0, len(probs), chunk):
+        p = np.clip(probs[start : start + chunk].astype(np.float32), 1e-6, 1 - 1e-6)
+        m = masks[start : start + chunk]
+        total += float(-np.where(m, np.log(p), np.log1p(-p)).sum())
+        count += p.size
+    return total / max(count, 1)
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
