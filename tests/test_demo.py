@@ -23,6 +23,12 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert (out / "report" / "leaderboard.md").is_file()
     _recompute_independently(run, metrics)
     assert "dice_pos" in result.output
+    # A val evaluation may pick any TTA; the stale decision then no longer opens the test split.
+    val = CliRunner().invoke(app, ["eval", str(run), "--split", "val", "--tta", "hv"])
+    assert val.exit_code == 0, val.output
+    assert json.loads((run / "metrics" / "val.json").read_text())["tta"] == "hv"
+    stale = CliRunner().invoke(app, ["eval", str(run), "--split", "test", "--decision", str(run / "decision.json")])
+    assert stale.exit_code == 4 and "sha256" in stale.output
     again = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
 

@@ -108,6 +108,8 @@ def evaluate_run(
         decision = _default_decision(cfg)
         if threshold is not None:
             decision.update(threshold=threshold, source="user-fixed")
+    if decision.get("source") == "config":
+        decision["tta"] = None  # the config's default binds nothing: --tta may choose freely
     tta = tta or decision.get("tta") or cfg.eval.tta
     if decision.get("tta") and tta != decision["tta"]:
         raise UsageError(f"--tta {tta} differs from the decision's tta {decision['tta']}",
