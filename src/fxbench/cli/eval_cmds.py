@@ -11,18 +11,17 @@ import typer
 from fxbench.cli.common import console, handle_errors, out
 from fxbench.cli.misc_cmds import complete_run_path
 
-HEADLINE = ("dice_pos", "iou_pos", "roc_auc_presence", "average_precision_presence", "sensitivity_at_spec90",
-            "lesion_recall")
-
 
 def metrics_table(metrics: dict[str, Any], title: str):  # type: ignore[no-untyped-def]
     from rich.table import Table
+
+    from fxbench.evaluate.bootstrap import HEADLINE_METRICS
 
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")
-    for key in HEADLINE:
+    for key in HEADLINE_METRICS:
         if key not in metrics:
             continue
         val = metrics[key]

@@ -29,20 +29,6 @@ from fxbench.errors import FxbenchError, UsageError
 #: A folder is a run folder when it holds one of these (config first: written before training).
 RUN_MARKERS = ("config.resolved.yaml", "run.json")
 
-#: Metric keys shown by `show`, in this order, when a metrics file has them.
-#: (fxbench.evaluate writes a ``<name>_ci95: [lo, hi]`` beside the first six.)
-HEADLINE_METRICS = (
-    "dice_pos",
-    "iou_pos",
-    "roc_auc_presence",
-    "average_precision_presence",
-    "sensitivity_at_spec90",
-    "lesion_recall",
-    "dice",
-    "iou",
-    "empty_specificity",
-    "lesion_fp_per_image",
-)
 
 _GIB = 1024**3
 
@@ -359,6 +345,8 @@ def headline_metrics(body: dict[str, Any]) -> dict[str, dict[str, float | None]]
     scopes = [body] + [v for k, v in body.items() if isinstance(v, dict) and k not in ("ci", "bootstrap", "subgroups")]
     ci_maps = [m for m in (body.get("ci"), body.get("bootstrap")) if isinstance(m, dict)]
     found: dict[str, dict[str, float | None]] = {}
+    from fxbench.evaluate.bootstrap import HEADLINE_METRICS
+
     for key in HEADLINE_METRICS:
         for scope in scopes:
             if key not in scope:
