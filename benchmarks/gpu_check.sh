@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR
 #
 # Needs the git-ignored .whl/ folder (pydantic, pydantic-core, annotated-types,
-# typing-inspection, typing-extensions, platformdirs wheels for cp312 manylinux x86_64; see
+# typing-inspection, typing-extensions, platformdirs, and typer 0.29 with annotated-doc and
+# shellingham so the tested Typer series is used; cp312 manylinux x86_64 wheels; see
 # docs/performance.md for the pip download line). If .realcache/prepared/ holds a prepared
 # real-data folder (manifest.csv, masks/, cache/256.npz from
 # `fxbench prepare --cache-size 256 --cache-format jpeg`), it also trains, tunes and tests the
@@ -21,10 +22,10 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 t0=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
 
-stamp "install wheels and fxbench (--no-deps) into $SITE"
+stamp "install the carried wheels into $SITE; fxbench runs from src/ (no build step on the device)"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-  && python3 -m pip install -q --no-deps --no-build-isolation --no-cache-dir --target "$SITE" . || { echo "install failed"; exit 1; }
-export PYTHONPATH="$SITE:${PYTHONPATH:-}"
+  || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH="$SITE:$PWD/src:${PYTHONPATH:-}"
 FX="python3 -m fxbench"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $FX --version
