@@ -133,12 +133,15 @@ def load_prepared(
         idx = np.array([index[r["image_id"]] for r in sel], dtype=np.int64)
         # Only this split's rows are read from the cache (memory: the split, not the dataset).
         cache = load_cache(cache_path, idx)
-        order = np.argsort(np.argsort(idx, kind="stable"), kind="stable")  # manifest order in sorted rows
-        take = (lambda a: a) if np.all(order == np.arange(len(idx))) else (lambda a: a[order])
-        images = torch.from_numpy(np.ascontiguousarray(take(cache.images)))[:, None]
-        masks = torch.from_numpy(np.ascontiguousarray(take(cache.masks)))[:, None]
-        boxes = take(cache.boxes).astype(np.int32)
-        native_hw = take(cache.native_hw).astype(np.int32)
+        # load_cache returns rows ascending; put them back in manifest order (a no-op when sorted).
+        order = np.searchsorted(np.sort(idx), idx)
+        if not np.array_equal(order, np.arange(len(idx))):
+            cache.images, cache.masks = cache.images[order], cache.masks[order]
+            cache.boxes, cache.native_hw = cache.boxes[order], cache.native_hw[order]
+        images = torch.from_numpy(np.ascontiguousarray(cache.images))[:, None]
+        masks = torch.from_numpy(np.ascontiguousarray(cache.masks))[:, None]
+        boxes = cache.boxes.astype(np.int32)
+        native_hw = cache.native_hw.astype(np.int32)
         if cache.size != image_size:
             images, masks, boxes = _resize_split(images, masks, boxes, image_size)
         labels = (masks.flatten(1).amax(1) > 0).numpy().astype(np.int64)
