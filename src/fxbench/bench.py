@@ -72,7 +72,6 @@ def seed_loop(cfg: Any, jpegs: list[Path], masks: list[Path], steps: int, warmup
     from PIL import Image
 
     from fxbench.models import build_model
-    from fxbench.models.inference import autocast_ctx
     from fxbench.train.losses import SegmentationLoss
 
     size = cfg.data.image_size
@@ -99,13 +98,7 @@ def seed_loop(cfg: Any, jpegs: list[Path], masks: list[Path], steps: int, warmup
 
     def step() -> None:
         x, y = batch()
-        x, y = x.to(device), y.to(device)
-        opt.zero_grad(set_to_none=True)
-        with autocast_ctx(device, amp_dtype):
-            logits, pres = net(x)
-        loss, _ = loss_fn(logits, y, pres, 1)
-        loss.backward()
-        opt.step()
+        _train_step(net, opt, loss_fn, x.to(device), y.to(device), device, amp_dtype)
 
     return _timed(step, steps, warmup, bs, device)
 
@@ -113,7 +106,6 @@ def seed_loop(cfg: Any, jpegs: list[Path], masks: list[Path], steps: int, warmup
 def ceiling(cfg: Any, steps: int, warmup: int, device: torch.device, amp_dtype: torch.dtype | None) -> float:
     """(c): same model, loss and optimizer on device-resident tensors; no data path at all."""
     from fxbench.models import build_model
-    from fxbench.models.inference import autocast_ctx
     from fxbench.train.loop import build_optimizer
     from fxbench.train.losses import SegmentationLoss
 
@@ -130,15 +122,20 @@ def ceiling(cfg: Any, steps: int, warmup: int, device: torch.device, amp_dtype: 
     if cfg.runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with autocast_ctx(device, amp_dtype):
-            logits, pres = fwd(x)
-        loss, _ = loss_fn(logits, y, pres, 1)
-        loss.backward()
-        opt.step()
+    return _timed(lambda: _train_step(fwd, opt, loss_fn, x, y, device, amp_dtype), steps, warmup, bs, device)
 
-    return _timed(step, steps, warmup, bs, device)
+
+def _train_step(fwd: Any, opt: Any, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                amp_dtype: torch.dtype | None) -> None:
+    """One optimizer step of the model and loss, as both reference loops run it."""
+    from fxbench.models.inference import autocast_ctx
+
+    opt.zero_grad(set_to_none=True)
+    with autocast_ctx(device, amp_dtype):
+        logits, pres = fwd(x)
+    loss, _ = loss_fn(logits, y, pres, 1)
+    loss.backward()
+    opt.step()
 
 
 def _timed(step: Callable[[], None], steps: int, warmup: int, per_step: int, device: torch.device) -> float:

@@ -54,10 +54,11 @@ def train_sweep(cfg: Config, seeds: Sequence[int], root: Path, name: str,
 
 
 def _default_decision(cfg: Config) -> dict[str, Any]:
+    """The config's operating point for a val evaluation; it binds no TTA (``--tta`` picks freely)."""
     ev = cfg.eval
     return {
         "threshold": ev.threshold, "presence_source": ev.presence_source, "presence_threshold": ev.presence_threshold,
-        "min_component": ev.min_component, "tta": ev.tta, "source": "config", "selected_on": None,
+        "min_component": ev.min_component, "tta": None, "source": "config", "selected_on": None,
     }
 
 
@@ -108,8 +109,6 @@ def evaluate_run(
         decision = _default_decision(cfg)
         if threshold is not None:
             decision.update(threshold=threshold, source="user-fixed")
-    if decision.get("source") == "config":
-        decision["tta"] = None  # the config's default binds nothing: --tta may choose freely
     tta = tta or decision.get("tta") or cfg.eval.tta
     if decision.get("tta") and tta != decision["tta"]:
         raise UsageError(f"--tta {tta} differs from the decision's tta {decision['tta']}",
@@ -126,7 +125,7 @@ def evaluate_run(
     decision = _resolve_presence_source(decision, list(pred.presence))
     metrics = evaluate_predictions(
         pred, decision, bootstrap=cfg.eval.bootstrap if bootstrap is None else bootstrap,
-        seed=cfg.eval.bootstrap_seed, subgroups=subgroup_arrays(run_dir, split, prepared),
+        seed=cfg.eval.bootstrap_seed, subgroups=subgroup_arrays(run_dir, pred.image_ids, prepared),
         resolution=resolution or cfg.eval.resolution,
         native_masks_loader=_native_loader(run_dir, cfg, prepared),
     )

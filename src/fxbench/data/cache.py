@@ -315,11 +315,14 @@ def _read_npy_rows(zf: zipfile.ZipFile, key: str, rows: np.ndarray) -> np.ndarra
     return out
 
 
-def load_cache(path: str | os.PathLike[str], rows: Sequence[int] | np.ndarray | None = None) -> CacheArrays:
+def load_cache(
+    path: str | os.PathLike[str], rows: Sequence[int] | np.ndarray | None = None, checksum: bool = True
+) -> CacheArrays:
     """Load a cache (raw or jpeg; jpeg is decoded once). Bad files give a one-line DataError.
 
     ``rows``: load only these positions (any order; returned sorted ascending), so a caller that
-    needs one split never holds the whole dataset in memory.
+    needs one split never holds the whole dataset in memory. ``checksum=False`` skips hashing the
+    file (``sha256`` is then empty), for callers that load several row sets and hash once.
     """
     path = Path(path)
     if not path.is_file():
@@ -351,7 +354,7 @@ def load_cache(path: str | os.PathLike[str], rows: Sequence[int] | np.ndarray | 
     n = len(ids)
     if images.shape != (n, size, size) or masks.shape != (n, size, size) or boxes.shape != (n, 4) or native_hw.shape != (n, 2):
         raise DataError(f"{path}: arrays do not match {n} images of {size}x{size}", "rerun `fxbench prepare --force`")
-    return CacheArrays(ids, images, masks, boxes, native_hw, size, sha256_file(path), fmt, path)
+    return CacheArrays(ids, images, masks, boxes, native_hw, size, sha256_file(path) if checksum else "", fmt, path)
 
 
 def cache_image_ids(path: str | os.PathLike[str]) -> list[str]:

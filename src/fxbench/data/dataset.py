@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fxbench.errors import DataError
-
-#: dataset.csv columns reported as subgroups (0/1 flags).
-SUBGROUP_COLUMNS = ("hand", "leg", "hip", "shoulder", "mixed", "hardware", "frontal", "lateral", "oblique")
+from fxbench.io import sha256_file
 
 
 @dataclass
@@ -28,7 +26,7 @@ class SplitData:
 
     images, masks: uint8 [N,1,S,S] (masks 0/1); labels: int64 [N] (1 = ground-truth mask
     non-empty at S); boxes int32 [N,4] (top, left, h, w of the image in the letterbox);
-    native_hw int32 [N,2]; metadata: column -> int array [N] (subgroup flags).
+    native_hw int32 [N,2].
     """
 
     name: str
@@ -38,7 +36,6 @@ class SplitData:
     labels: np.ndarray
     boxes: np.ndarray
     native_hw: np.ndarray
-    metadata: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -132,7 +129,7 @@ def load_prepared(
             raise DataError(f"split '{name}' is empty in {prepared_dir}/manifest.csv", "re-run `fxbench prepare`")
         idx = np.array([index[r["image_id"]] for r in sel], dtype=np.int64)
         # Only this split's rows are read from the cache (memory: the split, not the dataset).
-        cache = load_cache(cache_path, idx)
+        cache = load_cache(cache_path, idx, checksum=False)
         # load_cache returns rows ascending; put them back in manifest order (a no-op when sorted).
         order = np.searchsorted(np.sort(idx), idx)
         if not np.array_equal(order, np.arange(len(idx))):
@@ -145,10 +142,6 @@ def load_prepared(
         if cache.size != image_size:
             images, masks, boxes = _resize_split(images, masks, boxes, image_size)
         labels = (masks.flatten(1).amax(1) > 0).numpy().astype(np.int64)
-        meta = {}
-        for col in SUBGROUP_COLUMNS:
-            if col in sel[0]:
-                meta[col] = np.array([int(float(r[col] or 0)) for r in sel], dtype=np.int64)
         out[name] = SplitData(
             name=name,
             image_ids=[r["image_id"] for r in sel],
@@ -157,13 +150,12 @@ def load_prepared(
             labels=labels,
             boxes=boxes,
             native_hw=native_hw,
-            metadata=meta,
         )
     mean, std = _train_stats(out.get("train"))
     return PreparedData(
         prepared_dir=prepared_dir,
         cache_path=cache_path,
-        cache_sha256=cache.sha256,
+        cache_sha256=sha256_file(cache_path),
         split_sha256=split_sha256(rows),
         image_size=image_size,
         splits=out,

@@ -124,15 +124,10 @@ def _check_split(run_dir: Path, split_sha: str) -> None:
         )
 
 
-def subgroup_arrays(run_dir: Path, split: str, prepared: Path | None = None) -> dict[str, np.ndarray]:
-    """Subgroup flags of ``split`` in artifact order, from the prepared manifest."""
-    from fxbench.data.dataset import SUBGROUP_COLUMNS, read_manifest
+def subgroup_arrays(run_dir: Path, image_ids: list[str], prepared: Path | None = None) -> dict[str, np.ndarray]:
+    """Subgroup flags (hand, leg, ..., oblique) for ``image_ids``, from the prepared manifest."""
+    from fxbench.data.dataset import read_manifest
+    from fxbench.evaluate.subgroups import metadata_from_records
 
-    cfg = load_run_config(run_dir)
-    prep = Path(prepared) if prepared else _run_prepared(run_dir, cfg)
-    rows = [r for r in read_manifest(prep) if r["split"] == split]
-    out = {}
-    for col in SUBGROUP_COLUMNS:
-        if rows and col in rows[0]:
-            out[col] = np.array([int(float(r[col] or 0)) for r in rows], dtype=np.int64)
-    return out
+    prep = Path(prepared) if prepared else _run_prepared(run_dir, load_run_config(run_dir))
+    return metadata_from_records(image_ids, read_manifest(prep))
