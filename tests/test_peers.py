@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fxbench.cli.app import app
 from fxbench.data.cache import load_cache
-from fxbench.errors import DataError, UsageError
+from fxbench.errors import DataError, ProtocolError, UsageError
 from fxbench.evaluate import evaluate_predictions, roc_auc
 from fxbench.predict.artifact import Predictions
 from fxbench.select.peers import export_nnunet, masks_to_predictions, score_mask_folder
@@ -102,7 +102,9 @@ def test_presence_csv_missing_masks_and_test_log(prep: Path, tmp_path: Path) -> 
         fh.write("image_id,score\n" + "".join(f"{i},{s}\n" for i, s in zip(ids, scores, strict=True)))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="missing"):
-        score_mask_folder(tmp_path / "empty", prep, "test")
+        score_mask_folder(tmp_path / "empty", prep, "test", out_dir=tmp_path / "peer_run")
+    with pytest.raises(ProtocolError, match="output folder"):  # test scoring is sealed: it needs a logged folder
+        score_mask_folder(tmp_path / "empty", prep, "test", allow_missing=True)
     m = score_mask_folder(tmp_path / "empty", prep, "test", tmp_path / "presence.csv", allow_missing=True,
                           bootstrap=0, out_dir=tmp_path / "peer_run")
     assert m["presence_source"] == "csv"

@@ -111,7 +111,9 @@ def test_leaderboard_rows_carry_the_metrics(runs: Path) -> None:
         assert r["average_precision_presence"] == pytest.approx(m["average_precision_presence"])
         assert r["decision_source"] == "tune" and r["split_sha256"] == "ab" * 32 and r["tta"] == "hv"
     assert by["alpha"]["split_mode"] == "grouped"  # from run.json -> prepare_report.json
-    assert (by["alpha"]["test_accesses"], by["beta"]["test_accesses"], by["ens"]["test_accesses"]) == (1, 2, 1)
+    # access counts follow the data: the ensemble's test scoring is on its members' logs too
+    assert (by["alpha"]["test_accesses"], by["beta"]["test_accesses"], by["ens"]["test_accesses"]) == (2, 3, 1)
+    assert (by["alpha"]["max_test_accesses"], by["ens"]["max_test_accesses"]) == (2, 3)
     assert by["ens"]["kind"] == "ensemble" and by["alpha"]["kind"] == "run"
     assert by["gamma"]["test_accesses"] == 0 and by["gamma"]["decision_source"] == "unspecified"
     md = render_markdown(rows)

@@ -62,13 +62,6 @@ def _default_decision(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _resolve_presence_source(decision: dict[str, Any], available: Sequence[str]) -> dict[str, Any]:
-    src = decision.get("presence_source", "auto")
-    if src == "auto" or src not in available:
-        src = "head" if "head" in available else "max"
-    return {**decision, "presence_source": src}
-
-
 def evaluate_run(
     run_dir: Path,
     split: str,
@@ -84,67 +77,88 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Predict (if needed) and score ``split``; the test split needs a decision or a threshold.
 
-    Writes ``RUN/predictions/<split>.npz`` and ``RUN/metrics/<split>.json``; a test evaluation
-    appends a line to ``RUN/test_access.log``. Returns the metrics dict.
+    Writes ``RUN/predictions/<split>.npz`` and ``RUN/metrics/<split>.json``. The test split goes
+    through :func:`fxbench.select.seal.score_under_seal` (authorised before anything is
+    predicted, logged in ``RUN/test_access.log``). Returns the metrics dict.
     """
-    from fxbench.evaluate import evaluate_predictions
+    from fxbench.evaluate import evaluate_predictions, resolve_presence_source
     from fxbench.predict.artifact import load_predictions
     from fxbench.predict.infer import load_run_config, predict_split, subgroup_arrays
 
     run_dir = Path(run_dir)
     if split not in ("val", "test"):
         raise UsageError(f"--split must be val or test, not {split!r}")
+    if which not in ("best", "last"):
+        raise UsageError(f"--which must be best or last, not {which!r}")
     cfg = load_run_config(run_dir)
-    decision_sha = None
-    if split == "test":
-        from fxbench.select.seal import authorize_test
+    art = run_dir / "predictions" / f"{split}.npz"
+    ckpt_name = f"{which}.pt"
 
-        decision_obj = authorize_test(run_dir, decision_path, threshold)
-        decision = decision_obj.model_dump(mode="json")
-        decision_sha = decision_obj.sha256()
-    elif decision_path is not None:
+    def ensure_predictions(tta_: str) -> Any:
+        need = repredict or not art.is_file()
+        if not need:
+            meta = load_predictions(art).meta
+            need = meta.get("tta") != tta_ or meta.get("checkpoint") != ckpt_name
+        if need:
+            predict_split(run_dir, split, tta=tta_, prepared=prepared, which=which)
+        return load_predictions(art)
+
+    def score(pred: Any, decision: dict[str, Any]) -> dict[str, Any]:
+        decision = {**decision, "presence_source": resolve_presence_source(pred, decision.get("presence_source"))}
+        metrics = evaluate_predictions(
+            pred, decision, bootstrap=cfg.eval.bootstrap if bootstrap is None else bootstrap,
+            seed=cfg.eval.bootstrap_seed, subgroups=subgroup_arrays(run_dir, pred.image_ids, prepared),
+            resolution=resolution or cfg.eval.resolution,
+            native_masks_loader=_native_loader(run_dir, cfg, prepared),
+        )
+        metrics.update(split=split, run=run_dir.name, tta=decision["tta"], decision_source=decision.get("source"),
+                       predictions_sha256=sha256_file(art), checkpoint=ckpt_name)
+        return metrics
+
+    if split == "test":
+        from fxbench.select.seal import score_under_seal
+
+        ckpt = run_dir / "checkpoints" / ckpt_name
+        ckpt_sha = sha256_file(ckpt) if ckpt.is_file() else None
+
+        chosen: dict[str, str] = {}
+
+        def produce(decision: Any) -> Any:
+            chosen["tta"] = _choose_tta(tta, decision.tta, cfg.eval.tta)
+            pred = ensure_predictions(chosen["tta"])
+            got = pred.meta.get("checkpoint_sha256")
+            if decision.checkpoint_sha256 and got and got != decision.checkpoint_sha256:
+                from fxbench.errors import ProtocolError
+
+                raise ProtocolError(f"the test predictions of {run_dir} come from another {ckpt_name} than the decision's",
+                                    f"run `fxbench eval {run_dir} --split test --repredict` with the decision")
+            return pred
+
+        command = "fxbench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        return score_under_seal(
+            run_dir, produce, kind="run", command=command, decision_path=decision_path, threshold=threshold,
+            scorer=lambda pred, d: score(pred, {**d.to_dict(), "tta": chosen["tta"]}), checkpoint=ckpt_name, checkpoint_sha256=ckpt_sha,
+            artifact_path=art,
+        )
+    if decision_path is not None:
         decision = dict(read_json(decision_path))
-        decision_sha = sha256_file(decision_path)
     else:
         decision = _default_decision(cfg)
         if threshold is not None:
             decision.update(threshold=threshold, source="user-fixed")
-    tta = tta or decision.get("tta") or cfg.eval.tta
-    if decision.get("tta") and tta != decision["tta"]:
-        raise UsageError(f"--tta {tta} differs from the decision's tta {decision['tta']}",
-                         "drop --tta; the decision fixes it")
-    decision["tta"] = tta
-    art = run_dir / "predictions" / f"{split}.npz"
-    need = repredict or not art.is_file()
-    if not need:
-        meta = load_predictions(art).meta
-        need = meta.get("tta") != tta or meta.get("checkpoint") != f"{which}.pt"
-    if need:
-        predict_split(run_dir, split, tta=tta, prepared=prepared, which=which)
-    pred = load_predictions(art)
-    decision = _resolve_presence_source(decision, list(pred.presence))
-    metrics = evaluate_predictions(
-        pred, decision, bootstrap=cfg.eval.bootstrap if bootstrap is None else bootstrap,
-        seed=cfg.eval.bootstrap_seed, subgroups=subgroup_arrays(run_dir, pred.image_ids, prepared),
-        resolution=resolution or cfg.eval.resolution,
-        native_masks_loader=_native_loader(run_dir, cfg, prepared),
-    )
-    metrics["split"] = split
-    metrics["run"] = run_dir.name
-    metrics["tta"] = tta
-    metrics["decision_source"] = decision.get("source")
-    metrics["predictions_sha256"] = sha256_file(art)
-    metrics["checkpoint"] = f"{which}.pt"
-    out = run_dir / "metrics" / f"{split}.json"
-    write_json_atomic(out, metrics)
-    if split == "test":
-        from fxbench.select.seal import log_test_access, test_access_count
-
-        command = "fxbench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-        log_test_access(run_dir, decision_sha, command)
-        metrics["test_accesses"] = test_access_count(run_dir)
-        write_json_atomic(out, metrics)
+    decision["tta"] = _choose_tta(tta, decision.get("tta"), cfg.eval.tta)
+    pred = ensure_predictions(decision["tta"])
+    metrics = score(pred, decision)
+    write_json_atomic(run_dir / "metrics" / f"{split}.json", metrics)
     return metrics
+
+
+def _choose_tta(requested: str | None, decided: str | None, default: str) -> str:
+    """The TTA of an evaluation: the decision fixes it; else --tta; else the config's."""
+    tta = requested or decided or default
+    if decided and tta != decided:
+        raise UsageError(f"--tta {tta} differs from the decision's tta {decided}", "drop --tta; the decision fixes it")
+    return tta
 
 
 def _native_loader(run_dir: Path, cfg: Config, prepared: Path | None) -> Callable[[str], Any]:

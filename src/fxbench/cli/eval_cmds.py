@@ -46,17 +46,23 @@ def eval_(
     predictions: Path | None = typer.Option(None, "--predictions", help="Score mask PNGs from another tool (peer)."),
     presence_csv: Path | None = typer.Option(None, "--presence-csv", help="Peer presence scores: image_id,score."),
     repredict: bool = typer.Option(False, "--repredict", help="Run the network again even if predictions exist."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Peer folder for --predictions (default: <PREDICTIONS>.fxbench-peer; test accesses are logged there)."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics JSON on stdout."),
 ) -> None:
     """Evaluate a run on val, or on test under a frozen decision (every test access is logged)."""
     from fxbench.errors import UsageError
 
+    peer_dir: Path | None = None
     if predictions is not None:
         if prepared is None:
             raise UsageError("--predictions needs --prepared PREP (the prepared folder with the split)")
-        from fxbench.select.peers import score_mask_folder
+        from fxbench.cli.select_cmds import _command_line
+        from fxbench.select.peers import default_peer_folder, score_mask_folder
 
-        metrics = score_mask_folder(predictions, prepared, split, presence_csv=presence_csv)
+        peer_dir = out_dir or default_peer_folder(predictions)
+        metrics = score_mask_folder(predictions, prepared, split, presence_csv=presence_csv, out_dir=peer_dir,
+                                    command=_command_line(), bootstrap=2000 if bootstrap is None else bootstrap)
         title = f"peer predictions {predictions} on {split}"
     else:
         if run is None:
@@ -69,11 +75,23 @@ def eval_(
     if json_out:
         out.print(json.dumps(metrics, default=str), markup=False)
     console.print(metrics_table(metrics, title))
-    if run is not None:
-        if split == "test":
-            console.print(f"test accesses for this run: {metrics.get('test_accesses')}", markup=False)
-        else:
-            console.print(f"wrote {run}/metrics/{split}.json; next: fxbench tune {run}", markup=False)
+    if split == "test":
+        what = "this run" if run is not None and predictions is None else f"peer folder {peer_dir} (kind peer)"
+        console.print(access_line(metrics, what), markup=False)
+    elif run is not None and predictions is None:
+        console.print(f"wrote {run}/metrics/{split}.json; next: fxbench tune {run}", markup=False)
+    else:
+        console.print(f"wrote {peer_dir}/metrics/{split}.json", markup=False)
+
+
+def access_line(metrics: dict[str, Any], what: str) -> str:
+    """One line: the test accesses of ``what`` and, when it is built from runs, their maximum."""
+    line = f"test accesses for {what}: {metrics.get('test_accesses')}"
+    if metrics.get("decision_source") == "user-fixed":
+        line += " (user-fixed operating point, not chosen on val)"
+    if metrics.get("member_test_accesses"):
+        line += f"; max over the runs it is built from: {metrics.get('max_test_accesses')}"
+    return line
 
 
 def register(app: typer.Typer) -> None:

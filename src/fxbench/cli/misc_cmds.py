@@ -294,14 +294,19 @@ def summarize_run(run: Path, root: Path | None = None) -> RunSummary:
     )
 
 
-def _resolve_run(run: Path) -> Path:
-    """A RUN argument: a path, or a name under the runs root (``fxbench show baseline-2026...``)."""
+def _resolve_run(run: Path, results: bool = False) -> Path:
+    """A RUN argument: a path, or a name under the runs root (``fxbench show baseline-2026...``).
+
+    With ``results``, result folders (ensemble, blend, peer: members.json or metrics/test.json)
+    are accepted too.
+    """
     from fxbench.paths import default_runs_root
 
     candidates = [run] if run.is_absolute() else [run, default_runs_root() / run]
     for cand in candidates:
         if cand.is_dir():
-            if not is_run_dir(cand):
+            is_result = results and any((cand / m).is_file() for m in ("members.json", "metrics/test.json"))
+            if not is_run_dir(cand) and not is_result:
                 raise UsageError(
                     f"{cand} is not a run folder (no config.resolved.yaml or run.json)",
                     "pass a folder made by `fxbench train`; `fxbench runs` lists them",
@@ -680,8 +685,8 @@ def show(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary object as JSON on stdout."),
 ) -> None:
-    """Summarise a run: config, metrics with CIs, decision, files."""
-    run = _resolve_run(run)
+    """Summarise a run (or ensemble/blend/peer folder): config, metrics with CIs, decision, files."""
+    run = _resolve_run(run, results=True)
     config_path = run / "config.resolved.yaml"
     config = _read_yaml_lenient(config_path)
     summary = summarize_run(run)
@@ -690,7 +695,10 @@ def show(
         body = _read_json_lenient(path)
         metrics[path.stem] = headline_metrics(body) if body is not None else {}
     decision = _read_json_lenient(run / "decision.json")
-    result = {
+    from fxbench.select.seal import built_from_max_accesses
+
+    max_accesses = built_from_max_accesses(run)
+    result: dict[str, Any] = {
         "run": str(run),
         "status": summary.status,
         "config": _config_summary(config or {}),
@@ -699,6 +707,8 @@ def show(
         "best_value": summary.best_value,
         "best_epoch": summary.best_epoch,
         "test_accesses": summary.test_accesses,
+        "max_test_accesses": max_accesses,
+        "decision_source": (_read_json_lenient(run / "metrics" / "test.json") or {}).get("decision_source"),
         "metrics": metrics,
         "decision": decision,
         "artifacts": _artifacts(run),
@@ -715,7 +725,10 @@ def show(
     best = "-" if summary.best_value is None else f"{summary.selection_metric} {summary.best_value:.4f}"
     if summary.best_value is not None and summary.best_epoch is not None:
         best += f" at epoch {summary.best_epoch}"
-    out.print(f"  epochs done: {summary.epochs_done}; best val: {best}; test accesses: {summary.test_accesses}", markup=False)
+    out.print(f"  epochs done: {summary.epochs_done}; best val: {best}; test accesses: {summary.test_accesses} "
+              f"(max over the runs it is built from: {max_accesses})", markup=False)
+    if result["decision_source"] == "user-fixed":
+        out.print("  test metrics: user-fixed operating point (not chosen on val)", markup=False)
     if metrics:
         table = Table(title="metrics (95% CI)")
         table.add_column("split", no_wrap=True)

@@ -31,15 +31,17 @@ def report(
     if json_out:
         out.print(json.dumps(rows, default=str), markup=False)
     table = Table(title=f"leaderboard ({len(rows)} entries)")
-    for col in ("#", "name", "kind", "split", "dice_pos", "AUC", "AP", "decision", "test acc."):
-        table.add_column(col, justify="right" if col in ("#", "dice_pos", "AUC", "AP", "test acc.") else "left")
+    numeric = ("#", "dice_pos", "AUC", "AP", "test acc.", "max acc.")
+    for col in ("#", "name", "kind", "split", "dice_pos", "AUC", "AP", "decision", "test acc.", "max acc."):
+        table.add_column(col, justify="right" if col in numeric else "left")
 
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     for i, r in enumerate(rows, start=1):
         table.add_row(str(i), r["name"], r["kind"], r["split"] or "-", f(r["dice_pos"]), f(r["roc_auc_presence"]),
-                      f(r["average_precision_presence"]), str(r["decision_source"] or "-"), str(r["test_accesses"]))
+                      f(r["average_precision_presence"]), str(r["decision_source"] or "-"), str(r["test_accesses"]),
+                      str(r["max_test_accesses"]))
     console.print(table)
     console.print(f"wrote {out_dir / 'leaderboard.md'}, {out_dir / 'report.md'}" + (" and plots" if plots else ""),
                   markup=False)

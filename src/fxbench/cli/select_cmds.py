@@ -144,7 +144,24 @@ def tune(
         f">= {d.presence_threshold:.4f}; wrote {run / 'decision.json'}",
         markup=False,
     )
+    for line in tuning_notes(d.to_dict()):
+        console.print(line, markup=False)
     console.print(f"next: fxbench eval {run} --split test --decision {run / 'decision.json'}", markup=False)
+
+
+def tuning_notes(decision: dict[str, Any]) -> list[str]:
+    """Warnings about ties and degenerate tuning recorded in a decision (empty when none)."""
+    lines = []
+    ties = decision.get("ties") or []
+    if len(ties) > 1:
+        shown = ", ".join(f"{t['threshold']:g}" + (f"/mc{t['min_component']}" if t.get("min_component") else "")
+                          for t in ties[:8])
+        more = f" (+{len(ties) - 8} more)" if len(ties) > 8 else ""
+        lines.append(f"warning: tie: {len(ties)} grid points share the best val score ({shown}{more}); "
+                     "the first in grid order was taken")
+    for reason in decision.get("degenerate") or []:
+        lines.append(f"warning: degenerate tuning: {reason}")
+    return lines
 
 
 # --------------------------------------------------------------------------------------
@@ -198,8 +215,14 @@ def _finish(summary: dict[str, Any], out_dir: Path, inputs: list[Path], json_out
         + (f", {weights}" if weights else ""),
         markup=False,
     )
+    for line in tuning_notes(d):
+        console.print(line, markup=False)
     if summary["test"] is None:
         console.print(f"test not evaluated (--no-test); decision in {out_dir / 'decision.json'}", markup=False)
+    else:
+        from fxbench.cli.eval_cmds import access_line
+
+        console.print(access_line(summary["test"], str(out_dir)), markup=False)
     report_dir = out_dir.parent / "report"
     console.print(
         f"next: fxbench report {out_dir} {' '.join(shlex.quote(str(r)) for r in inputs)} --out {report_dir}", markup=False

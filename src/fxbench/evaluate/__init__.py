@@ -26,7 +26,6 @@ from fxbench.evaluate.evaluation import (
     compute_per_image_stats,
     evaluate_predictions,
     resolve_decision,
-    resolve_presence_source,
 )
 from fxbench.evaluate.metrics import (
     DEFINITIONS_VERSION,
@@ -50,9 +49,30 @@ from fxbench.evaluate.metrics import (
     threshold_probs,
 )
 from fxbench.evaluate.native import crop_box, resize_bilinear, to_native
+from fxbench.evaluate.rules import (
+    COMPOSITE_METRICS,
+    PRESENCE_ORDER,
+    composite_array,
+    composite_value,
+    metric_value,
+    presence_order,
+    resolve_presence_source,
+    selection_key,
+    selection_keys,
+    with_composites,
+)
 from fxbench.evaluate.subgroups import SUBGROUP_COLUMNS, metadata_from_records, subgroup_table
 
 __all__ = [
+    "COMPOSITE_METRICS",
+    "PRESENCE_ORDER",
+    "composite_array",
+    "composite_value",
+    "metric_value",
+    "presence_order",
+    "selection_key",
+    "selection_keys",
+    "with_composites",
     "DEFINITIONS_VERSION",
     "HEADLINE_METRICS",
     "SUBGROUP_COLUMNS",

@@ -27,6 +27,7 @@ from fxbench.evaluate.metrics import (
     threshold_probs,
 )
 from fxbench.evaluate.native import to_native
+from fxbench.evaluate.rules import resolve_presence_source
 from fxbench.evaluate.subgroups import subgroup_table
 from fxbench.predict.artifact import Predictions
 
@@ -86,26 +87,6 @@ def resolve_decision(decision: Any) -> DecisionView:
     if view.min_component < 0:
         raise ConfigError(f"decision min_component must be >= 0, got {view.min_component}")
     return view
-
-
-def resolve_presence_source(available: Predictions | list[str], requested: str) -> str:
-    """``auto`` -> ``head`` when the predictions have it, else ``max``; otherwise the name itself.
-
-    Raises:
-        ConfigError: the requested source is not among the saved presence scores.
-    """
-    sources = available.presence_sources if isinstance(available, Predictions) else list(available)
-    if requested == "auto":
-        for candidate in ("head", "max"):
-            if candidate in sources:
-                return candidate
-        if sources:
-            return sources[0]
-        raise DataError("predictions carry no presence scores", "re-run `fxbench eval` to write them")
-    if requested not in sources:
-        raise ConfigError(f"presence source '{requested}' is not in the predictions",
-                          f"available: {', '.join(sources) or 'none'}")
-    return requested
 
 
 def _native_pairs(pred: Predictions, view: DecisionView, loader: NativeMaskLoader) -> Iterator[tuple[np.ndarray, np.ndarray]]:

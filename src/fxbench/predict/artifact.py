@@ -259,3 +259,22 @@ def subset(p: Predictions, indices: np.ndarray | list[int]) -> Predictions:
         meta=meta,
     )
 
+
+
+def read_ids_and_meta(path: str | os.PathLike[str]) -> tuple[list[str], dict[str, Any]]:
+    """The image ids and the meta of an artifact without loading its maps (cheap).
+
+    Raises:
+        DataError: the file is missing or not a readable predictions artifact.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"predictions file not found: {path}", "run `fxbench eval RUN --split <split>` first")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            ids = [str(s) for s in npz["image_ids"].tolist()]
+            meta = json.loads(str(npz["meta_json"].reshape(-1)[0]))
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: cannot read predictions ({type(err).__name__}: {err})",
+                        "re-create it with `fxbench eval`") from err
+    return ids, meta if isinstance(meta, dict) else {}

@@ -176,8 +176,8 @@ def predict_images(
     """
     import torch
 
-    from fxbench.evaluate.evaluation import resolve_presence_source
     from fxbench.evaluate.metrics import label_components
+    from fxbench.evaluate.rules import resolve_presence_source
     from fxbench.models.inference import predict_tensors
     from fxbench.predict.images import collect_inputs, network_input, read_grey
     from fxbench.predict.infer import load_run_model

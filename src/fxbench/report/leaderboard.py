@@ -98,7 +98,7 @@ def _num(v: Any) -> float | None:
 
 def leaderboard_row(folder: str | Path) -> dict[str, Any]:
     """One leaderboard row for a result folder (test metrics if present, else val)."""
-    from fxbench.select.seal import test_access_count
+    from fxbench.select.seal import built_from_max_accesses, test_access_count
 
     folder = Path(folder)
     split = "test" if (folder / "metrics" / "test.json").is_file() else (
@@ -130,6 +130,7 @@ def leaderboard_row(folder: str | Path) -> dict[str, Any]:
         split_mode=mode,
         split_sha256=sha,
         test_accesses=test_access_count(folder),
+        max_test_accesses=built_from_max_accesses(folder),
     )
     return row
 
@@ -184,7 +185,8 @@ def _fmt(v: float | None, ci: list[float | None] | None = None) -> str:
 def render_markdown(rows: list[dict[str, Any]], title: str = "fxbench leaderboard") -> str:
     """A Markdown table with a legend that names every column's definition."""
     head = ["#", "name", "kind", "split", "n (pos)", *(_SHORT[k] + " [95% CI]" for k in HEADLINE),
-            "thr", "TTA", "decision", "split mode", "split sha256", "test accesses"]
+            "thr", "TTA", "decision", "split mode", "split sha256", "test accesses",
+            "max accesses (built from)"]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, start=1):
         n = f"{r['n']} ({r['num_positive']})" if r.get("n") is not None else "-"
@@ -193,7 +195,7 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "fxbench leaderboar
             *(_fmt(r[k], r[f"{k}_ci95"]) for k in HEADLINE),
             _fmt(r["threshold"]) if r["threshold"] is not None else "-",
             str(r["tta"] or "-"), str(r["decision_source"] or "-"), str(r["split_mode"] or "-"),
-            (r["split_sha256"] or "-")[:12], str(r["test_accesses"]),
+            (r["split_sha256"] or "-")[:12], str(r["test_accesses"]), str(r["max_test_accesses"]),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     spread = seed_groups(rows)
@@ -213,7 +215,11 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "fxbench leaderboar
         "- **dice_pos**: per-image Dice, mean over images whose ground truth is non-empty.",
         "- **AUC / AP**: image-level presence ROC AUC (tie-aware) and step-wise average precision.",
         "- **[95% CI]**: stratified bootstrap over images (percentile interval).",
-        "- **test accesses**: lines in test_access.log; more than 1 means the test split was looked at repeatedly.",
+        "- **test accesses**: lines in the folder's test_access.log; more than 1 means the test split was looked at "
+        "repeatedly. A run's log also counts the ensembles, blends and peers scored from it.",
+        "- **max accesses (built from)**: the largest test access count among the folder and the runs it is built "
+        "from (an ensemble's members); for a plain run, its own count.",
+        "- **decision** `user-fixed`: the operating point was not chosen on val (a --threshold, or a peer's masks).",
         "",
     ]
     return "\n".join(lines)

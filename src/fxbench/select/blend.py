@@ -35,7 +35,13 @@ import numpy as np
 
 from fxbench.errors import DataError, UsageError
 from fxbench.io import write_csv_atomic, write_json_atomic
-from fxbench.select.decision import DECISION_FILE, Decision, write_decision
+from fxbench.select.decision import (
+    DECISION_FILE,
+    Decision,
+    run_identity,
+    write_decision,
+    write_tune_record,
+)
 from fxbench.select.ensemble import (
     Member,
     check_compatible,
@@ -43,6 +49,7 @@ from fxbench.select.ensemble import (
     evaluate_into,
     guard_test_once,
     load_member,
+    member_identity,
     run_test_once,
 )
 from fxbench.select.tune import (
@@ -146,8 +153,9 @@ def presence_rows(
 
 
 def _nan_low(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return np.where(np.isnan(x), -np.inf, x)
+    from fxbench.evaluate.rules import selection_keys
+
+    return selection_keys(x)
 
 
 def full_grid(seg: list[dict[str, Any]], pres: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -158,7 +166,9 @@ def full_grid(seg: list[dict[str, Any]], pres: list[dict[str, Any]]) -> dict[str
         cols[key] = np.repeat(np.array([r[key] for r in seg], dtype=np.float64), npr)
     for key in ("beta", "gamma", "roc_auc_presence", "average_precision_presence"):
         cols[key] = np.tile(np.array([r[key] for r in pres], dtype=np.float64), ns)
-    cols["auc_plus_dice_pos"] = cols["roc_auc_presence"] + cols["dice_pos"]
+    from fxbench.evaluate.rules import composite_array
+
+    cols["auc_plus_dice_pos"] = composite_array("auc_plus_dice_pos", cols)
     # Present columns in the seed's order: alpha, threshold, beta, gamma first.
     return {k: cols[k] for k in GRID_COLUMNS}
 
@@ -296,9 +306,12 @@ def run_blend(
         members=members,
         val_score=chosen["auc_plus_dice_pos"] if rule == "best_joint" else chosen[
             "roc_auc_presence" if rule == "best_auc" else "dice_pos"],
-    )
+        member_runs=[member_identity(m) for m in (a, b, c) if m is not None],
+        run=run_identity(out),
+    ).sealed()
     check_against_evaluate(val, decision, chosen)
     write_decision(out / DECISION_FILE, decision)
+    write_tune_record(out, decision)
     search = {
         "alphas": alphas, "thresholds": thr, "betas": betas, "gammas": gammas,
         "presence_sources": sources, "num_rows": n_rows,
@@ -327,7 +340,8 @@ def run_blend(
         test_pred = blend_predictions(
             ta, tb, tc, alpha=alpha, beta=beta, gamma=gamma, sources=sources, split="test", name=out.name
         )
-        test_metrics = run_test_once(out, test_pred, bootstrap=bootstrap, seed=seed, command=command, extra=extra)
+        test_metrics = run_test_once(out, test_pred, bootstrap=bootstrap, seed=seed, command=command,
+                                     members=dirs, kind="blend", extra=extra)
     return {
         "out": str(out),
         "decision": decision.to_dict(),

@@ -22,8 +22,10 @@ from fxbench.io import write_json_atomic
 #: Name of the decision file inside a run (or ensemble/blend) folder.
 DECISION_FILE = "decision.json"
 
-#: Presence sources in the order tune lists them (and prefers on exact ties).
-AUTO_PRESENCE_ORDER = ("head", "blend", "max", "topk_mean")
+#: Record of the tuning, written beside the decision at tune time (relative to the folder).
+TUNE_RECORD = "tune/record.json"
+#: Keys left out of the content digest (the digest itself, and when the file was written).
+_NOT_CONTENT = ("content_sha256", "created")
 
 
 def utc_now() -> str:
@@ -50,6 +52,12 @@ class Decision(BaseModel):
     presence_rule: str | None = Field(None, description="How presence_threshold was chosen (f1 or youden).")
     val_predictions_sha256: str | None = None
     source: Literal["tune", "user-fixed"] = "tune"
+    checkpoint: str | None = Field(None, description="Checkpoint file the val predictions came from (best.pt, last.pt).")
+    checkpoint_sha256: str | None = Field(None, description="sha256 of that checkpoint (from the val artifact's meta).")
+    run: dict[str, Any] | None = Field(None, description="Identity of the folder tuned in: name, config_sha256, started.")
+    member_runs: list[dict[str, Any]] | None = Field(
+        None, description="Ensembles/blends: each member's name, path, val predictions and checkpoint sha256.")
+    content_sha256: str | None = Field(None, description="Digest of every other field (see content_digest).")
     created: str = Field(default_factory=utc_now)
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +72,69 @@ class Decision(BaseModel):
         """
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()
+
+    def content_digest(self) -> str:
+        """sha256 of the canonical JSON of the content: every field but ``content_sha256`` and
+        ``created``. Any edit of a value (threshold, presence, sha256s, members) changes it."""
+        body = {k: v for k, v in self.to_dict().items() if k not in _NOT_CONTENT}
+        blob = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()
+
+    def sealed(self) -> Decision:
+        """A copy whose ``content_sha256`` is the digest of its content (what tune writes)."""
+        copy = self.model_copy(deep=True)
+        copy.content_sha256 = copy.content_digest()
+        return copy
+
+
+def run_identity(folder: str | Path) -> dict[str, Any]:
+    """What identifies a run (or ensemble/blend) folder: its name, and from ``run.json`` the
+    config sha256 and start time when it has one. Survives moving the folder; a retrained or
+    different run differs."""
+    folder = Path(folder)
+    ident: dict[str, Any] = {"name": folder.name}
+    info = folder / "run.json"
+    if info.is_file():
+        try:
+            data = json.loads(info.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            data = {}
+        if isinstance(data, dict):
+            for key in ("config_sha256", "started", "seed"):
+                if data.get(key) is not None:
+                    ident[key] = data[key]
+    return ident
+
+
+def write_tune_record(folder: str | Path, decision: Decision, **extra: Any) -> Path:
+    """Write ``FOLDER/tune/record.json``: the decision's content digest and what it was chosen
+    from, at tune time. The seal accepts a tuned decision only when this record names it."""
+    folder = Path(folder)
+    record = {
+        "time": utc_now(),
+        "decision_content_sha256": decision.content_sha256 or decision.content_digest(),
+        "val_predictions_sha256": decision.val_predictions_sha256,
+        "checkpoint": decision.checkpoint,
+        "checkpoint_sha256": decision.checkpoint_sha256,
+        "run": decision.run,
+        "member_runs": decision.member_runs,
+        **extra,
+    }
+    path = folder / TUNE_RECORD
+    write_json_atomic(path, record)
+    return path
+
+
+def read_tune_record(folder: str | Path) -> dict[str, Any] | None:
+    """``FOLDER/tune/record.json`` as a dict, or None when absent or unreadable."""
+    path = Path(folder) / TUNE_RECORD
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_decision(path: str | Path, decision: Decision) -> Path:

@@ -27,7 +27,13 @@ import numpy as np
 from fxbench.errors import DataError, ProtocolError, UsageError
 from fxbench.io import write_json_atomic
 from fxbench.select.decision import DECISION_FILE, Decision
-from fxbench.select.seal import authorize_test, log_test_access, read_test_access, test_access_count
+from fxbench.select.seal import (
+    cache_scorer,
+    check_disjoint,
+    check_true_split,
+    read_test_access,
+    score_under_seal,
+)
 
 if TYPE_CHECKING:
     from fxbench.predict.artifact import Predictions
@@ -55,8 +61,13 @@ class Member:
 
 
 def load_member(run_dir: str | Path, split: str) -> Member:
-    """Load ``RUN/predictions/<split>.npz`` with its sha256 (DataError with a fix when missing)."""
-    from fxbench.predict.artifact import load_predictions, predictions_sha256
+    """Load ``RUN/predictions/<split>.npz`` with its sha256 (DataError with a fix when missing).
+
+    The member's own artifact must really be of ``split`` (:func:`check_true_split`), and a val
+    artifact must share no image id with the run's test artifact: a test artifact copied over
+    val.npz is refused (ProtocolError, exit 4).
+    """
+    from fxbench.predict.artifact import load_predictions, predictions_sha256, read_ids_and_meta
 
     run_dir = Path(run_dir)
     path = run_dir / "predictions" / f"{split}.npz"
@@ -66,7 +77,20 @@ def load_member(run_dir: str | Path, split: str) -> Member:
             f"run `fxbench eval {run_dir} --split val` (test predictions are written by the ensemble/blend verbs)",
         )
     sha = predictions_sha256(path)
-    return Member(run_dir=run_dir, name=run_dir.name, pred=load_predictions(path), sha256=sha)
+    pred = load_predictions(path)
+    check_true_split(pred, split, path)
+    other = run_dir / "predictions" / ("test.npz" if split == "val" else "val.npz")
+    if other.is_file():
+        other_ids, _ = read_ids_and_meta(other)
+        val_ids, test_ids = (pred.image_ids, other_ids) if split == "val" else (other_ids, pred.image_ids)
+        check_disjoint(val_ids, test_ids, run_dir)
+    return Member(run_dir=run_dir, name=run_dir.name, pred=pred, sha256=sha)
+
+
+def member_identity(m: Member) -> dict[str, Any]:
+    """What a decision records about a member: name, folder, val predictions and checkpoint sha256."""
+    return {"name": m.name, "path": str(m.run_dir.resolve()), "val_predictions_sha256": m.sha256,
+            "checkpoint": m.pred.meta.get("checkpoint"), "checkpoint_sha256": m.pred.meta.get("checkpoint_sha256")}
 
 
 def check_compatible(members: Sequence[Member], *, ground_truth: bool = True) -> None:
@@ -173,9 +197,15 @@ def evaluate_into(
     seed: int,
     extra: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Score saved ``pred`` with ``decision`` via fxbench.evaluate; write DIR/metrics/<split>.json."""
+    """Score saved val ``pred`` with ``decision`` via fxbench.evaluate; write DIR/metrics/<split>.json.
+
+    Test numbers never come from here: they go through :func:`fxbench.select.seal.score_under_seal`.
+    """
     from fxbench.evaluate import evaluate_predictions
     from fxbench.predict.artifact import predictions_sha256
+
+    if split == "test":
+        raise ProtocolError("internal: test metrics are written only by fxbench.select.seal.score_under_seal")
 
     metrics = evaluate_predictions(
         pred, decision.to_dict(), bootstrap=bootstrap, seed=seed, subgroups=subgroups_for(pred), resolution="cache"
@@ -209,18 +239,17 @@ def run_test_once(
     bootstrap: int,
     seed: int,
     command: str | Sequence[str],
+    members: Sequence[str | Path] = (),
+    kind: str = "ensemble",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Apply DIR/decision.json to the test predictions under the seal, log the access."""
-    from fxbench.predict.artifact import save_predictions
-
-    decision = authorize_test(out_dir, out_dir / DECISION_FILE, None)
-    save_predictions(out_dir / "predictions" / "test.npz", pred_test)
-    metrics, path = evaluate_into(out_dir, "test", pred_test, decision, bootstrap=bootstrap, seed=seed, extra=extra)
-    log_test_access(out_dir, decision.sha256(), command, metrics_path=path)
-    metrics["test_accesses"] = test_access_count(out_dir)
-    write_json_atomic(path, metrics)
-    return metrics
+    """Apply DIR/decision.json to the test predictions under the seal (once); every member's
+    access log gets the access too."""
+    return score_under_seal(
+        out_dir, pred_test, kind=kind, command=command, decision_path=out_dir / DECISION_FILE,
+        scorer=cache_scorer(bootstrap, seed, subgroups=subgroups_for), members=members,
+        save_to=out_dir / "predictions" / "test.npz", once=True, extra=extra,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -269,7 +298,8 @@ def run_ensemble(
         thresholds=thresholds,
         min_components=min_components,
         presence_rule=presence_rule,
-        extra={"kind": "ensemble", "members": [m.name for m in val_members]},
+        extra={"kind": "ensemble", "members": [m.name for m in val_members],
+               "member_runs": [member_identity(m) for m in val_members]},
     )
     write_tune_outputs(out, result)
     members_doc: dict[str, Any] = {
@@ -293,7 +323,8 @@ def run_ensemble(
         members_doc["test_members"] = [m.record() for m in test_members]
         write_json_atomic(out / "members.json", members_doc)
         test_pred = average_predictions(test_members, "test", out.name)
-        test_metrics = run_test_once(out, test_pred, bootstrap=bootstrap, seed=seed, command=command, extra=extra)
+        test_metrics = run_test_once(out, test_pred, bootstrap=bootstrap, seed=seed, command=command,
+                                     members=runs, kind="ensemble", extra=extra)
     return {
         "out": str(out),
         "decision": result.decision.to_dict(),

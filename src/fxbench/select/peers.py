@@ -243,37 +243,62 @@ def score_mask_folder(
 
     ``resolution="native"`` upsamples the letterboxed masks back to native size and compares
     them with ``PREP/masks`` through the evaluate code (what ``eval --resolution native`` does
-    for runs). With ``out_dir`` the artifact, metrics and decision are written as a run folder,
-    and a test-split scoring is logged in its ``test_access.log``.
+    for runs). With ``out_dir`` the artifact, metrics and decision are written as a run folder.
+
+    The test split is sealed like a run's: it needs ``out_dir`` (the peer folder, see
+    :func:`default_peer_folder`) and goes through :func:`fxbench.select.seal.score_under_seal`
+    with ``kind="peer"``, so every test scoring of that folder is logged and counted. The
+    operating point is fixed by the masks themselves (``user-fixed``); scoring masks written at
+    several thresholds is a test-set sweep, and the access counts show it.
+
+    Raises:
+        ProtocolError: a test scoring without ``out_dir``.
     """
     from fxbench.evaluate import evaluate_predictions
     from fxbench.predict.artifact import predictions_sha256, save_predictions
 
     prep = Path(prepared_dir)
+    if split == "test" and out_dir is None:
+        from fxbench.errors import ProtocolError
+
+        raise ProtocolError("scoring peer predictions on test needs an output folder where the access is logged",
+                            f"pass --out DIR (the CLI defaults to {default_peer_folder(pred_dir)})")
     pred = masks_to_predictions(pred_dir, prep, split, presence_csv, cache_size=cache_size, allow_missing=allow_missing)
     decision = peer_decision(pred, presence_threshold)
     loader = _native_loader(prep) if resolution == "native" else None
-    metrics = evaluate_predictions(
-        pred, decision.to_dict(), bootstrap=bootstrap, seed=seed, subgroups=None,
-        resolution=resolution, native_masks_loader=loader,  # type: ignore[arg-type]
-    )
-    metrics.update(run=pred.meta["run"], kind="peer", decision_source=decision.source,
-                   missing_predictions=pred.meta["missing_predictions"])
-    if out_dir is not None:
-        from fxbench.select.decision import write_decision
-        from fxbench.select.seal import log_test_access, test_access_count
 
-        out = Path(out_dir)
-        art = save_predictions(out / "predictions" / f"{split}.npz", pred)
-        metrics["predictions_sha256"] = predictions_sha256(art)
-        write_decision(out / "decision.json", decision)
-        mpath = out / "metrics" / f"{split}.json"
-        write_json_atomic(mpath, metrics)
-        if split == "test":
-            log_test_access(out, decision.sha256(), command, metrics_path=mpath)
-            metrics["test_accesses"] = test_access_count(out)
-            write_json_atomic(mpath, metrics)
+    def score(p: Predictions, d: Any) -> dict[str, Any]:
+        metrics = evaluate_predictions(
+            p, d.to_dict(), bootstrap=bootstrap, seed=seed, subgroups=None,
+            resolution=resolution, native_masks_loader=loader,  # type: ignore[arg-type]
+        )
+        metrics.update(run=p.meta["run"], kind="peer", decision_source=d.source,
+                       missing_predictions=p.meta["missing_predictions"])
+        return metrics
+
+    if out_dir is None:
+        return score(pred, decision)
+    from fxbench.select.decision import write_decision
+
+    out = Path(out_dir)
+    write_decision(out / "decision.json", decision)
+    if split == "test":
+        from fxbench.select.seal import score_under_seal
+
+        return score_under_seal(out, pred, kind="peer", command=command, decision=decision, scorer=score,
+                                save_to=out / "predictions" / "test.npz",
+                                extra={"source_dir": str(Path(pred_dir).resolve())})
+    metrics = score(pred, decision)
+    art = save_predictions(out / "predictions" / f"{split}.npz", pred)
+    metrics["predictions_sha256"] = predictions_sha256(art)
+    write_json_atomic(out / "metrics" / f"{split}.json", metrics)
     return metrics
+
+
+def default_peer_folder(pred_dir: str | Path) -> Path:
+    """Where a peer's scoring is recorded by default: ``<pred_dir>.fxbench-peer`` beside it."""
+    pred_dir = Path(pred_dir)
+    return pred_dir.parent / f"{pred_dir.name}.fxbench-peer"
 
 
 def _native_loader(prep: Path) -> Callable[[str], np.ndarray]:

@@ -39,7 +39,13 @@ import numpy as np
 
 from fxbench.errors import DataError, ProtocolError, UsageError
 from fxbench.io import write_csv_atomic
-from fxbench.select.decision import AUTO_PRESENCE_ORDER, DECISION_FILE, Decision, write_decision
+from fxbench.select.decision import (
+    DECISION_FILE,
+    Decision,
+    run_identity,
+    write_decision,
+    write_tune_record,
+)
 
 if TYPE_CHECKING:
     from fxbench.predict.artifact import Predictions
@@ -202,8 +208,10 @@ def _num(v: Any) -> float:
 
 
 def _key(v: float) -> float:
-    """NaN never wins a selection."""
-    return -math.inf if v is None or math.isnan(v) else v
+    """NaN never wins a selection (the one NaN policy of fxbench.evaluate.rules)."""
+    from fxbench.evaluate.rules import selection_key
+
+    return selection_key(v)
 
 
 # --------------------------------------------------------------------------------------
@@ -235,8 +243,9 @@ def choose_presence_threshold(scores: np.ndarray, labels: np.ndarray, rule: str 
 
 
 def _source_order(sources: Sequence[str]) -> list[str]:
-    known = [s for s in AUTO_PRESENCE_ORDER if s in sources]
-    return known + sorted(s for s in sources if s not in known)
+    from fxbench.evaluate.rules import presence_order
+
+    return presence_order(sources)
 
 
 def presence_table(
@@ -300,18 +309,54 @@ def _check_metric(metric: str) -> None:
         raise UsageError(f"unknown selection metric '{metric}'", f"{hint}valid: {', '.join(TUNE_METRICS)}")
 
 
-def select_grid_row(grid: list[dict[str, Any]], metric: str, auc: float = 0.0) -> dict[str, Any]:
-    """First grid row with the strictly highest selection metric (the seed's tie rule)."""
-    pixel_metric = "dice_pos" if metric == "auc_plus_dice_pos" else metric
+def select_grid_row(grid: list[dict[str, Any]], metric: str, presence: dict[str, Any] | None = None) -> dict[str, Any]:
+    """First grid row with the strictly highest selection metric (the seed's tie rule).
+
+    A composite metric (``auc_plus_dice_pos``) is computed per row by
+    :func:`fxbench.evaluate.rules.metric_value` from the row plus ``presence`` (the chosen
+    presence row: its AUC does not depend on the pixel grid). NaN never wins. The result
+    carries ``tied``: every (threshold, min_component) that shares the best score.
+    """
+    from fxbench.evaluate.rules import metric_value
+
+    extra = presence or {}
+    scored = [(row, metric_value(metric, {**extra, **row})) for row in grid]
     best: dict[str, Any] | None = None
+    best_score = math.nan
     best_key = -math.inf
-    for row in grid:
-        k = _key(row[pixel_metric])
+    for row, score in scored:
+        k = _key(score)
         if best is None or k > best_key:
-            best, best_key = row, k
+            best, best_score, best_key = row, score, k
     assert best is not None
-    score = best[pixel_metric] + (auc if metric == "auc_plus_dice_pos" else 0.0)
-    return {**best, "selection_metric": metric, "selection_score": score}
+    tied = [
+        {"threshold": float(r["threshold"]), "min_component": int(r["min_component"])}
+        for r, score in scored
+        if not math.isnan(best_score) and not math.isnan(score) and math.isclose(score, best_score, rel_tol=0, abs_tol=1e-12)
+    ]
+    return {**best, "selection_metric": metric, "selection_score": best_score, "tied": tied}
+
+
+def tuning_warnings(grid: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+    """Ties and degenerate tuning, for the tune output and decision.json.
+
+    ``ties``: the grid points sharing the best score (listed when more than one; the first in
+    grid order was taken). ``degenerate``: reasons the choice carries little information --
+    recall_pos 1.0 at every grid point (the model marks every lesion pixel even at t=0.95), an
+    empty_specificity near 0 at the chosen point (almost every fracture-free image gets a
+    predicted fracture), or a selection score undefined (NaN) everywhere.
+    """
+    ties = best.get("tied") or []
+    reasons = []
+    recalls = [_num(r.get("recall_pos")) for r in grid]
+    if recalls and all(v >= 1.0 - 1e-12 for v in recalls):
+        reasons.append("recall_pos is 1.0 at every grid point")
+    spec = _num(best.get("empty_specificity"))
+    if not math.isnan(spec) and spec <= 0.05:
+        reasons.append(f"empty_specificity {spec:.3f} at the chosen point (near 0)")
+    if math.isnan(_num(best.get("selection_score"))):
+        reasons.append("the selection metric is undefined (NaN) at every grid point")
+    return {"ties": ties if len(ties) > 1 else [], "degenerate": reasons}
 
 
 def tune_predictions(
@@ -344,7 +389,8 @@ def tune_predictions(
     grid = seg_grid(pred.probs, pred.masks, thr, mcs)
     pres_rows = presence_table(pred, presence_sources, presence_rule)
     pres = best_presence(pres_rows)
-    best = select_grid_row(grid, metric, auc=_key(pres["roc_auc_presence"]) if metric == "auc_plus_dice_pos" else 0.0)
+    best = select_grid_row(grid, metric, presence=pres)
+    warnings = tuning_warnings(grid, best)
     decision = Decision(
         threshold=float(best["threshold"]),
         presence_source=pres["presence_source"],
@@ -356,7 +402,11 @@ def tune_predictions(
         presence_rule=presence_rule,
         val_predictions_sha256=val_sha256,
         source="tune",
+        checkpoint=pred.meta.get("checkpoint"),
+        checkpoint_sha256=pred.meta.get("checkpoint_sha256"),
         val_score=float(best["selection_score"]),
+        ties=warnings["ties"],
+        degenerate=warnings["degenerate"],
         **(extra or {}),
     )
     check_against_evaluate(pred, decision, best)
@@ -378,15 +428,26 @@ def check_against_evaluate(pred: Predictions, decision: Decision, best: dict[str
 
 
 def write_tune_outputs(out_dir: Path, result: TuneResult) -> dict[str, str]:
-    """Write decision.json and tune/{grid,presence}.csv into ``out_dir``; returns the paths."""
+    """Write decision.json, tune/record.json and tune/{grid,presence}.csv into ``out_dir``.
+
+    The decision gets the folder's identity (:func:`run_identity`, unless it has one) and its
+    content digest; the record names that digest, so the seal can verify the decision later.
+    ``result.decision`` is replaced by the sealed decision. Returns the paths.
+    """
     out_dir = Path(out_dir)
+    decision = result.decision
+    if decision.run is None:
+        decision = decision.model_copy(update={"run": run_identity(out_dir)})
+    result.decision = decision.sealed()
     decision_path = write_decision(out_dir / DECISION_FILE, result.decision)
+    record_path = write_tune_record(out_dir, result.decision)
     grid_path = out_dir / "tune" / "grid.csv"
     write_csv_atomic(grid_path, result.grid, ["threshold", "min_component", *GRID_METRICS])
     pres_path = out_dir / "tune" / "presence.csv"
     if result.presence:
         write_csv_atomic(pres_path, result.presence, list(result.presence[0]))
-    files = {"decision": str(decision_path), "grid": str(grid_path), "presence": str(pres_path)}
+    files = {"decision": str(decision_path), "record": str(record_path), "grid": str(grid_path),
+             "presence": str(pres_path)}
     result.files = files
     return files
 

@@ -279,7 +279,12 @@ class Trainer:
 
     # -- validation ---------------------------------------------------------------
     def _validate(self) -> dict[str, float]:
-        from fxbench.evaluate import presence_metrics, segmentation_metrics
+        from fxbench.evaluate import (
+            presence_metrics,
+            resolve_presence_source,
+            segmentation_metrics,
+            with_composites,
+        )
         from fxbench.models.inference import predict_tensors
 
         val = self.data.splits["val"]
@@ -291,16 +296,12 @@ class Trainer:
         )
         masks = val.masks[:, 0].numpy().astype(bool)
         seg = segmentation_metrics(probs, masks, ev.threshold, ev.min_component)
-        source = ev.presence_source
-        if source == "auto" or (source == "head" and "head" not in pres):
-            source = "head" if "head" in pres else "max"
+        source = resolve_presence_source(pres, ev.presence_source)
         prm = presence_metrics(pres[source], val.labels, ev.presence_threshold)
         out = {k: float(v) for k, v in {**seg, **prm}.items() if isinstance(v, (int, float, np.floating, np.integer))}
         out["loss"] = _pixel_bce(probs, masks)
         out["neg_loss"] = -out["loss"]
-        auc = out.get("roc_auc_presence", float("nan"))
-        out["auc_plus_dice_pos"] = (0.0 if math.isnan(auc) else auc) + out.get("dice_pos", 0.0)
-        return out
+        return with_composites(out)
 
     # -- main -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

@@ -146,15 +146,18 @@ class SegmentationLoss:
         self, mask_logits: torch.Tensor, head_logit: torch.Tensor | None
     ) -> torch.Tensor:
         """The image logit the presence loss uses, per ``loss.presence_source``."""
+        from fxbench.evaluate.rules import resolve_presence_source
+
         source = self.cfg.presence_source
-        if source == "auto":
-            source = "head" if head_logit is not None else "max"
+        if source == "head" and head_logit is None:
+            raise ConfigError(
+                "loss.presence_source=head but the model has no presence head",
+                "set loss.presence_source=auto (or max/topk_mean), or use a model with a head (e.g. unet_dual)",
+            )
+        source = resolve_presence_source(["head", "max", "topk_mean"] if head_logit is not None else ["max", "topk_mean"],
+                                         source)
         if source == "head":
-            if head_logit is None:
-                raise ConfigError(
-                    "loss.presence_source=head but the model has no presence head",
-                    "set loss.presence_source=auto (or max/topk_mean), or use a model with a head (e.g. unet_dual)",
-                )
+            assert head_logit is not None
             return head_logit.float().reshape(-1)
         return presence_from_masks(mask_logits, source, self.cfg.presence_topk_frac)
 

@@ -151,7 +151,7 @@ def check_selection_metric(metric: str, val_labels: Any) -> None:
     labels = np.asarray(val_labels).astype(bool)
     n_pos, n = int(labels.sum()), int(labels.size)
     needs_pos = {"dice_pos", "iou_pos", "roc_auc_presence", "average_precision_presence", "auc_plus_dice_pos"}
-    needs_neg = {"roc_auc_presence"}
+    needs_neg = {"roc_auc_presence", "auc_plus_dice_pos"}  # a NaN part makes a composite NaN
     missing = "fractured" if metric in needs_pos and n_pos == 0 else (
         "non-fractured" if metric in needs_neg and n_pos == n else None)
     if missing:
