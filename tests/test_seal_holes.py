@@ -267,3 +267,13 @@ def test_ties_and_degenerate_tuning_are_reported(tmp_path: Path) -> None:
     assert any("empty_specificity" in r for r in d["degenerate"])
     flat = error_text(text)
     assert "tie: 19 grid points share the best val score" in flat and "degenerate tuning" in flat
+
+
+def test_tune_refuses_a_test_artifact_copied_over_val(runs: dict[str, Path], tmp_path: Path) -> None:
+    b = fresh(runs["b"], tmp_path)
+    pred = load_predictions(b / "predictions" / "test.npz")
+    pred.meta["split"] = "val"  # re-stamped: the manifest still knows these are test images
+    save_predictions(b / "predictions" / "val.npz", pred)
+    code, text = cli("tune", b)
+    assert code == 4 and "test split" in error_text(text), text
+    assert not (b / "decision.json").exists()

@@ -70,6 +70,10 @@ def demo(
     d = tuned.decision
     console.print(f"  decision (chosen on val): threshold {d.threshold}, presence {d.presence_source} "
                   f">= {d.presence_threshold:.3f}", markup=False)
+    from fxbench.cli.select_cmds import tuning_notes
+
+    for line in tuning_notes(d.to_dict()):  # a 2-epoch demo model often ties or is degenerate: say so
+        console.print(f"  {line}", markup=False)
     decision = run / "decision.json"
     step(f"fxbench eval {run} --split test --decision {decision}")
     metrics = evaluate_run(run, "test", decision_path=decision,

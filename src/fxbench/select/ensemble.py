@@ -29,8 +29,7 @@ from fxbench.io import write_json_atomic
 from fxbench.select.decision import DECISION_FILE, Decision
 from fxbench.select.seal import (
     cache_scorer,
-    check_disjoint,
-    check_true_split,
+    check_run_artifact,
     read_test_access,
     score_under_seal,
 )
@@ -67,7 +66,7 @@ def load_member(run_dir: str | Path, split: str) -> Member:
     artifact must share no image id with the run's test artifact: a test artifact copied over
     val.npz is refused (ProtocolError, exit 4).
     """
-    from fxbench.predict.artifact import load_predictions, predictions_sha256, read_ids_and_meta
+    from fxbench.predict.artifact import load_predictions, predictions_sha256
 
     run_dir = Path(run_dir)
     path = run_dir / "predictions" / f"{split}.npz"
@@ -78,12 +77,7 @@ def load_member(run_dir: str | Path, split: str) -> Member:
         )
     sha = predictions_sha256(path)
     pred = load_predictions(path)
-    check_true_split(pred, split, path)
-    other = run_dir / "predictions" / ("test.npz" if split == "val" else "val.npz")
-    if other.is_file():
-        other_ids, _ = read_ids_and_meta(other)
-        val_ids, test_ids = (pred.image_ids, other_ids) if split == "val" else (other_ids, pred.image_ids)
-        check_disjoint(val_ids, test_ids, run_dir)
+    check_run_artifact(run_dir, split, pred, path)
     return Member(run_dir=run_dir, name=run_dir.name, pred=pred, sha256=sha)
 
 

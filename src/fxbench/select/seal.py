@@ -209,6 +209,25 @@ def check_disjoint(val_ids: Sequence[str], test_ids: Sequence[str], where: str |
         )
 
 
+def check_run_artifact(run_dir: str | Path, split: str, pred: Any, path: str | Path) -> None:
+    """A run's own ``split`` artifact is really of ``split`` and (val vs test) shares no image id
+    with the run's other artifact. Used wherever val predictions are chosen on (tune, ensemble,
+    blend), so a test artifact copied over val.npz never passes for val.
+
+    Raises:
+        ProtocolError: see :func:`check_true_split` and :func:`check_disjoint`.
+    """
+    from fxbench.predict.artifact import read_ids_and_meta
+
+    check_true_split(pred, split, path)
+    run_dir = Path(run_dir)
+    other = run_dir / "predictions" / ("test.npz" if split == "val" else "val.npz")
+    if split in ("val", "test") and other.is_file():
+        other_ids, _ = read_ids_and_meta(other)
+        val_ids, test_ids = (pred.image_ids, other_ids) if split == "val" else (other_ids, pred.image_ids)
+        check_disjoint(val_ids, test_ids, run_dir)
+
+
 # --------------------------------------------------------------------------------------
 # the one sealed path
 

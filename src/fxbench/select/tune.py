@@ -480,6 +480,9 @@ def tune_run(
     path = run_dir / "predictions" / "val.npz"
     sha = predictions_sha256(path)
     pred = load_predictions(path)
+    from fxbench.select.seal import check_run_artifact
+
+    check_run_artifact(run_dir, "val", pred, path)  # a test artifact copied over val.npz is refused
     result = tune_predictions(
         pred,
         val_sha256=sha,
