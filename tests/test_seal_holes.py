@@ -277,3 +277,16 @@ def test_tune_refuses_a_test_artifact_copied_over_val(runs: dict[str, Path], tmp
     code, text = cli("tune", b)
     assert code == 4 and "test split" in error_text(text), text
     assert not (b / "decision.json").exists()
+
+
+def test_blend_records_ties(runs: dict[str, Path], tmp_path: Path) -> None:
+    # two copies of one run: every alpha and beta gives the same maps and scores -> a full tie
+    a, twin = fresh(runs["a"], tmp_path), fresh(runs["a"], tmp_path, "twin")
+    out = tmp_path / "bl"
+    code, text = cli("blend", a, twin, "--out", out, "--alpha-step", "0.5", "--beta-step", "0.5", "--bootstrap", "0",
+                     "--no-test")
+    assert code == 0, text
+    d = json.loads((out / "decision.json").read_text())
+    assert len(d["ties"]) >= 9 and {t["alpha"] for t in d["ties"]} == {0.0, 0.5, 1.0}
+    assert (d["ties"][0]["alpha"], d["ties"][0]["threshold"], d["ties"][0]["beta"]) == (d["alpha"], d["threshold"], d["beta"])
+    assert f"tie: {len(d['ties'])} grid points share the best val score" in error_text(text)

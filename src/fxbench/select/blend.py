@@ -59,6 +59,7 @@ from fxbench.select.tune import (
     seg_metrics_from_counts,
     threshold_counts,
     threshold_grid,
+    tuning_warnings,
     unit_grid,
 )
 
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
     from fxbench.predict.artifact import Predictions
 
 BLEND_RULES = ("best_auc", "best_dice_pos", "best_joint")
+#: The grid column each rule ranks by first.
+_RULE_SCORE = {"best_auc": "roc_auc_presence", "best_dice_pos": "dice_pos", "best_joint": "auc_plus_dice_pos"}
 #: Presence key of the fused score in a blend's predictions artifact.
 BLEND_SOURCE = "blend"
 GRID_COLUMNS = (
@@ -173,8 +176,8 @@ def full_grid(seg: list[dict[str, Any]], pres: list[dict[str, Any]]) -> dict[str
     return {k: cols[k] for k in GRID_COLUMNS}
 
 
-def select_rule(grid: dict[str, np.ndarray], rule: str) -> int:
-    """Index of the row ``rule`` picks (first in grid order on full ties)."""
+def rule_keys(grid: dict[str, np.ndarray], rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(primary, second, third) sort keys of ``rule`` per row; NaN -> -inf."""
     auc = _nan_low(grid["roc_auc_presence"])
     ap = _nan_low(grid["average_precision_presence"])
     dice = _nan_low(grid["dice_pos"])
@@ -185,7 +188,20 @@ def select_rule(grid: dict[str, np.ndarray], rule: str) -> int:
     }
     if rule not in keys:
         raise UsageError(f"unknown blend rule '{rule}'", f"use one of: {', '.join(BLEND_RULES)}")
-    primary, second, third = keys[rule]
+    return keys[rule]
+
+
+def tied_rows(grid: dict[str, np.ndarray], rule: str, index: int) -> list[dict[str, float]]:
+    """Grid rows whose keys under ``rule`` equal those of row ``index`` (full ties; the first
+    in grid order was taken)."""
+    keys = rule_keys(grid, rule)
+    same = np.logical_and.reduce([k == k[index] for k in keys])
+    return [{c: float(grid[c][i]) for c in ("alpha", "threshold", "beta", "gamma")} for i in np.flatnonzero(same)]
+
+
+def select_rule(grid: dict[str, np.ndarray], rule: str) -> int:
+    """Index of the row ``rule`` picks (first in grid order on full ties)."""
+    primary, second, third = rule_keys(grid, rule)
     order = -np.arange(len(primary))  # larger = earlier row, so the earliest wins full ties
     return int(np.lexsort((order, third, second, primary))[-1])
 
@@ -280,6 +296,10 @@ def run_blend(
     )
     best = {r: {k: float(grid[k][i]) for k in GRID_COLUMNS} for r in BLEND_RULES for i in [select_rule(grid, r)]}
     chosen = best[rule]
+    index = select_rule(grid, rule)
+    seg_at_alpha = [r for r in seg if r["alpha"] == chosen["alpha"]]
+    warnings = tuning_warnings(seg_at_alpha, {**chosen, "tied": tied_rows(grid, rule, index),
+                                              "selection_score": float(grid[_RULE_SCORE[rule]][index])})
     alpha, t, beta, gamma = chosen["alpha"], chosen["threshold"], chosen["beta"], chosen["gamma"]
 
     val = blend_predictions(a, b, c, alpha=alpha, beta=beta, gamma=gamma, sources=sources, split="val", name=out.name)
@@ -304,9 +324,10 @@ def run_blend(
         gamma=gamma if c is not None else None,
         presence_sources=sources,
         members=members,
-        val_score=chosen["auc_plus_dice_pos"] if rule == "best_joint" else chosen[
-            "roc_auc_presence" if rule == "best_auc" else "dice_pos"],
+        val_score=chosen[_RULE_SCORE[rule]],
         member_runs=[member_identity(m) for m in (a, b, c) if m is not None],
+        ties=warnings["ties"],
+        degenerate=warnings["degenerate"],
         run=run_identity(out),
     ).sealed()
     check_against_evaluate(val, decision, chosen)
