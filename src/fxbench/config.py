@@ -1,7 +1,7 @@
 """The configuration schema: the single source of truth for every knob.
 
-A config is YAML with ten sections (data, model, loss, sampler, augment, optim, schedule,
-train, eval, runtime). Every model forbids unknown keys; a typo gets a did-you-mean.
+A config is YAML with eleven sections (data, model, loss, sampler, augment, optim, schedule,
+train, eval, runtime, launcher). Every model forbids unknown keys; a typo gets a did-you-mean.
 
 Precedence, highest first:  ``--set section.key=value``  >  environment
 ``FXBENCH_SECTION__KEY=value``  >  the ``--config`` file  >  the defaults below.
@@ -243,6 +243,25 @@ class RuntimeConfig(_Section):
     num_threads: int | None = Field(None, ge=1)
 
 
+class LauncherConfig(_Section):
+    """Where a sweep's jobs run (``fxbench train --seeds``). Not part of the config hash: where a
+    job runs does not change what it computes, so a requeued or relaunched run still resumes."""
+
+    name: Literal["local", "slurm"] = Field("local", description="local = this machine; slurm = a job array via submitit (`fxbench[slurm]`).")
+    jobs: int | None = Field(
+        None, ge=1,
+        description="Jobs at once. local: default 1 (sequential); CUDA: one job per visible GPU; CPU: cores split per job. slurm: array parallelism, default all.",
+    )
+    partition: str | None = Field(None, description="slurm: partition (sbatch --partition); default the cluster's.")
+    time_min: int = Field(240, ge=1, description="slurm: wall-clock limit per job in minutes.")
+    gpus: int = Field(0, ge=0, description="slurm: GPUs per job.")
+    cpus: int = Field(4, ge=1, description="slurm: CPU cores per job (also the job's torch threads unless runtime.num_threads).")
+    mem_gb: int | None = Field(None, ge=1, description="slurm: memory per job in GiB; default the cluster's.")
+    signal_delay_s: int = Field(
+        120, ge=10, description="slurm: SIGUSR1 this many seconds before the time limit; the job checkpoints and requeues."
+    )
+
+
 class Config(_Section):
     """A complete, resolved fxbench configuration."""
 
@@ -257,6 +276,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
@@ -270,8 +290,9 @@ class Config(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def sha256(self) -> str:
-        """Hash of the resolved config (key order independent)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Hash of the resolved config (key order independent), without the ``launcher``
+        section: it says where jobs run, not what they compute."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"launcher"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

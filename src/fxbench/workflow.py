@@ -33,24 +33,17 @@ def train_run(cfg: Config, run_dir: Path, resume: bool = False,
 
 def train_sweep(cfg: Config, seeds: Sequence[int], root: Path, name: str,
                 on_progress: Callable[[Any], None] | None = None,
-                on_start: Callable[[int, Path], None] | None = None) -> dict[str, Any]:
-    """One run folder per seed under ``root/<name>-sweep/seed_<s>`` plus ``sweep.json``."""
-    sweep_dir = root / f"{name}-sweep"
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for seed in seeds:
-        run_dir = sweep_dir / f"seed_{seed}"
-        seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
-        if on_start:
-            on_start(seed, run_dir)
-        summary = train_run(seeded, run_dir, on_progress=on_progress)
-        results.append({"seed": seed, "run_dir": str(run_dir), "status": summary["status"],
-                        "best_epoch": summary["best_epoch"], "best_score": summary["best_score"]})
-        write_json_atomic(sweep_dir / "sweep.json", {
-            "config_sha256_base": cfg.sha256(), "seeds": list(seeds), "selection_metric": cfg.train.selection_metric,
-            "results": results,
-        })
-    return {"sweep_dir": str(sweep_dir), "results": results}
+                on_start: Callable[[int, Path], None] | None = None,
+                skip_existing: bool = False) -> dict[str, Any]:
+    """One run folder per seed under ``root/<name>-sweep/seed_<s>`` plus ``sweep.json``, one
+    after another in this process (:mod:`fxbench.launch` runs them in parallel or on SLURM)."""
+    from fxbench.launch.jobs import sweep_jobs
+    from fxbench.launch.local import run_sequential
+
+    sweep = sweep_jobs(cfg, root, name, seeds=seeds)
+    results = run_sequential(sweep, skip_existing, on_progress=on_progress,
+                             on_start=(lambda job: on_start(job.seed, Path(job.run_dir))) if on_start else None)
+    return {"sweep_dir": str(sweep.sweep_dir), "results": [r.record() for r in results]}
 
 
 def _default_decision(cfg: Config) -> dict[str, Any]:

@@ -90,6 +90,12 @@ def train(
     name: str | None = typer.Option(None, "--name", help="Run name (default: config name or model name)."),
     resume: Path | None = typer.Option(None, "--resume", help="Resume an interrupted run folder exactly."),
     seeds: str | None = typer.Option(None, "--seeds", help="Seed sweep: one run per seed, e.g. 42,1337,2025."),
+    launcher: str | None = typer.Option(None, "--launcher", help="Sweep launcher: local (default) or slurm "
+                                        "(= --set launcher.name=...)."),
+    jobs: int | None = typer.Option(None, "--jobs", "-j", min=1, help="Sweep jobs at once (= --set launcher.jobs=N); "
+                                    "local: one per GPU on CUDA, cores split on CPU."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Sweep: keep finished runs untouched, resume "
+                                       "interrupted ones, start the rest."),
     init_checkpoint: Path | None = typer.Option(None, "--init-checkpoint", help="Warm start from an fxbench checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain log lines instead of a progress bar."),
 ) -> None:
@@ -98,12 +104,18 @@ def train(
     from fxbench.errors import UsageError
     from fxbench.paths import default_runs_root, new_run_dir
     from fxbench.train.loop import dist_info
-    from fxbench.workflow import train_run, train_sweep
+    from fxbench.workflow import train_run
 
     rank, _world = dist_info()
     overrides = list(set_ or [])
     if init_checkpoint is not None:
         overrides.append(f"train.init_checkpoint={init_checkpoint}")
+    if launcher is not None:
+        overrides.append(f"launcher.name={launcher}")
+    if jobs is not None:
+        overrides.append(f"launcher.jobs={jobs}")
+    if not seeds and (launcher is not None or jobs is not None or skip_existing):
+        raise UsageError("--launcher, --jobs and --skip-existing are for sweeps", "add --seeds, e.g. --seeds 42,1337,2025")
     if resume is not None:
         if config is not None or overrides or seeds:
             raise UsageError("--resume takes the run's own config; drop --config/--set/--seeds",
@@ -119,21 +131,7 @@ def train(
     label = name or cfg.name or (config.stem if config else cfg.model.name)
     root = default_runs_root()
     if seeds:
-        with TrainDisplay(quiet) as display:
-            out = train_sweep(cfg, _parse_seeds(seeds), root if run_dir is None else run_dir, label,
-                              on_progress=display,
-                              on_start=lambda s, d: console.print(f"seed {s} -> {d}", markup=False))
-        from rich.table import Table
-
-        table = Table(title=f"seed sweep ({cfg.train.selection_metric})")
-        for col in ("seed", "status", "best epoch", "best val", "run"):
-            table.add_column(col)
-        for r in out["results"]:
-            score = "-" if r["best_score"] is None else f"{r['best_score']:.4f}"
-            table.add_row(str(r["seed"]), r["status"], str(r["best_epoch"]), score, r["run_dir"])
-        console.print(table)
-        console.print(f"next: fxbench ensemble {' '.join(r['run_dir'] for r in out['results'])} --out {out['sweep_dir']}/ensemble",
-                      markup=False)
+        _sweep(cfg, _parse_seeds(seeds), root if run_dir is None else run_dir, label, skip_existing, quiet)
         return
     if run_dir is None:
         run_dir = new_run_dir(root, label) if rank == 0 else None
@@ -144,6 +142,43 @@ def train(
         summary = train_run(cfg, run_dir, on_progress=display)
     if rank == 0:
         _report(summary)
+
+
+def _sweep(cfg: Any, seeds: list[int], root: Path, label: str, skip_existing: bool, quiet: bool) -> None:
+    """Run (or submit) a seed sweep and say how each job ended; exit 1 if one failed, 130 if
+    one was interrupted."""
+    from fxbench.cli.sweep_view import SweepView, print_summary
+    from fxbench.launch.jobs import sweep_jobs
+    from fxbench.launch.local import plan_slots, run_parallel, run_sequential, sweep_exit_code
+
+    sweep = sweep_jobs(cfg, root, label, seeds=seeds)
+    metric = cfg.train.selection_metric
+    if cfg.launcher.name == "slurm":
+        from fxbench.launch.slurm import submit_sweep
+
+        info = submit_sweep(sweep, cfg.launcher, skip_existing=skip_existing)
+        console.print(f"submitted {len(info['job_ids'])} SLURM jobs ({', '.join(info['job_ids'])}); "
+                      f"logs in {info['folder']}", markup=False)
+        console.print(f"state: fxbench show {sweep.sweep_dir}   (or fxbench runs {sweep.sweep_dir.parent})", markup=False)
+        return
+    n = cfg.launcher.jobs or 1
+    if n == 1:
+        with TrainDisplay(quiet) as display:
+            results = run_sequential(sweep, skip_existing, on_progress=display,
+                                     on_start=lambda j: console.print(f"{j.key} -> {j.run_dir}", markup=False))
+    else:
+        slots = plan_slots(cfg, n)
+        if len(slots) < n:
+            console.print(f"--jobs {n}: {len(slots)} visible GPU(s), so {len(slots)} jobs at a time", markup=False)
+        with SweepView(console, sweep.jobs, metric, live=False if quiet else None) as view:
+            results = run_parallel(sweep, slots, skip_existing, on_event=view)
+    print_summary(console, results, metric, "seed sweep")
+    done = [r.run_dir for r in results if r.status in ("finished", "skipped")]
+    code = sweep_exit_code(results)
+    if code == 0:
+        console.print(f"next: fxbench ensemble {' '.join(done)} --out {sweep.sweep_dir}/ensemble", markup=False)
+    else:
+        raise typer.Exit(code)
 
 
 def _report(summary: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,37 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     (ENOSPC) reaches :func:`fxbench.io.atomic_path`, which reports "disk full" and keeps the
     previous checkpoint. The fsync makes the renamed file durable, not just complete.
     """
-    data = {"format": FORMAT, **payload}
+    data = canonical({"format": FORMAT, **payload})
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(data, fh)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def canonical(obj: Any) -> Any:
+    """``obj`` with every string interned (containers rebuilt, tensors kept as they are).
+
+    The pickle inside a checkpoint refers back to a string it already wrote only when it is the
+    same object, so equal payloads whose strings came from different places (a literal default,
+    a YAML file, a job spec sent to a worker process) gave different bytes. With equal strings
+    one object, a checkpoint's bytes depend on its content alone: a run launched in a worker or
+    on SLURM writes the same file as the same run trained in-process.
+    """
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        out = {canonical(k): canonical(v) for k, v in obj.items()}
+        if type(obj) is not dict:  # OrderedDict (a state_dict): keep its type and _metadata
+            out = type(obj)(out)
+            if hasattr(obj, "_metadata"):
+                out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, list):
+        return [canonical(v) for v in obj]
+    if isinstance(obj, tuple) and type(obj) is tuple:
+        return tuple(canonical(v) for v in obj)
+    return obj
 
 
 def _refusal_reason(err: BaseException) -> tuple[bool, str]:

@@ -324,7 +324,8 @@ class Trainer:
         def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
             self.stop_requested = signal.Signals(signum).name
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGUSR1: SLURM's warning before a time limit or pre-emption (fxbench.launch.slurm).
+        for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])):
             try:
                 old[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread (e.g. inside a test runner thread)
