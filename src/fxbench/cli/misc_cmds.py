@@ -614,8 +614,13 @@ def runs(
     if as_json:
         _echo_json([asdict(s) for s in summaries])
         return
-    if not summaries:
+    sweeps = _sweep_lines(root)
+    if not summaries and not sweeps:
         console.print(f"no runs under {root} (train one with `fxbench train`, or pass the folder)", markup=False)
+        return
+    if not summaries:  # a submitted sweep whose jobs have not started yet
+        for line in sweeps:
+            out.print(line, markup=False)
         return
     # Names are paths relative to the root in the title (--json has full paths). Short cells
     # never wrap; a long name folds rather than being cut off. When every run selects on the
@@ -638,6 +643,8 @@ def runs(
                 best += f" @{s.best_epoch}"
         table.add_row(s.name, s.status, s.model or "-", epochs, best, str(s.test_accesses))
     out.print(table, soft_wrap=False)  # tables fit the width; titles stay centred
+    for line in sweeps:
+        out.print(line, markup=False)
 
 
 def _config_summary(config: dict[str, Any]) -> dict[str, Any]:
@@ -685,7 +692,13 @@ def show(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary object as JSON on stdout."),
 ) -> None:
-    """Summarise a run (or ensemble/blend/peer folder): config, metrics with CIs, decision, files."""
+    """Summarise a run (or ensemble/blend/peer folder): config, metrics with CIs, decision, files.
+    For a sweep folder: its jobs' state (pending, running, finished, failed with the log tail)."""
+    from fxbench.launch.state import is_sweep_dir
+
+    if is_sweep_dir(run) and not is_run_dir(run):
+        _show_sweep(run, as_json)
+        return
     run = _resolve_run(run, results=True)
     config_path = run / "config.resolved.yaml"
     config = _read_yaml_lenient(config_path)
@@ -747,6 +760,31 @@ def show(
     out.print("  artifacts:", markup=False)
     for item in result["artifacts"]:
         out.print(f"    {item['path']}  ({item['bytes']:,} bytes)", markup=False)
+
+
+def _show_sweep(sweep_dir: Path, as_json: bool) -> None:
+    from fxbench.cli.sweep_view import print_sweep_state
+    from fxbench.launch.state import sweep_states
+
+    record, states = sweep_states(sweep_dir)
+    if as_json:
+        _echo_json({"sweep": str(sweep_dir), "launcher": record.get("launcher"), "jobs": [s.to_dict() for s in states]})
+        return
+    print_sweep_state(out, sweep_dir, record, states)
+
+
+def _sweep_lines(root: Path) -> list[str]:
+    """One line per sweep folder under ``root`` (or ``root`` itself) with its jobs' states."""
+    from fxbench.launch.state import is_sweep_dir, state_counts, sweep_states
+
+    folders = [root] if is_sweep_dir(root) else [d for d in _subdirs(root) if is_sweep_dir(d)]
+    lines = []
+    for folder in folders:
+        record, states = sweep_states(folder, tail=0)
+        counts = ", ".join(f"{n} {s}" for s, n in state_counts(states).items())
+        launcher = (record.get("launcher") or {}).get("name", "local")
+        lines.append(f"sweep {folder} ({launcher}): {counts or 'no jobs'}  (fxbench show {folder})")
+    return lines
 
 
 @handle_errors

@@ -103,3 +103,26 @@ def print_summary(console: Console, results: Sequence[JobResult], metric: str, t
         counts = f"{len(failed)} failed, {len(stopped)} interrupted or not started, {len(results)} jobs"
         console.print(f"sweep incomplete: {counts}; fix the cause and rerun the same command with "
                       "--skip-existing (finished jobs are kept, interrupted ones resume)", markup=False)
+
+
+def print_sweep_state(console: Console, sweep_dir: Any, record: dict[str, Any], states: Sequence[Any]) -> None:
+    """`fxbench show SWEEP`: one row per job (state, SLURM id, best val, run), then the log tail
+    of every failed job."""
+    from fxbench.launch.state import state_counts
+
+    launcher = (record.get("launcher") or {}).get("name", "local")
+    counts = ", ".join(f"{n} {s}" for s, n in state_counts(list(states)).items())
+    console.print(f"sweep {sweep_dir} ({launcher}): {counts or 'no jobs'}", markup=False)
+    table = Table(title=f"jobs ({record.get('selection_metric', 'best val')})")
+    for col in ("job", "state", "slurm id", "best epoch", "best val", "run"):
+        table.add_column(col, overflow="fold")
+    for s in states:
+        table.add_row(s.key, s.state, s.slurm_id or "-", _fmt(s.best_epoch), _fmt(s.best_score), s.run_dir)
+    console.print(table, soft_wrap=False)
+    for s in states:
+        if s.state != "failed":
+            continue
+        console.print(f"failed: {s.key}: {s.reason or 'see the log'}" + (f"  (log {s.log})" if s.log else ""),
+                      markup=False)
+        for line in s.log_tail:
+            console.print(f"    {line}", markup=False)

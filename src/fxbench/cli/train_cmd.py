@@ -151,16 +151,17 @@ def _sweep(cfg: Any, seeds: list[int], root: Path, label: str, skip_existing: bo
     from fxbench.launch.jobs import sweep_jobs
     from fxbench.launch.local import plan_slots, run_parallel, run_sequential, sweep_exit_code
 
-    sweep = sweep_jobs(cfg, root, label, seeds=seeds)
     metric = cfg.train.selection_metric
     if cfg.launcher.name == "slurm":
         from fxbench.launch.slurm import submit_sweep
 
+        sweep = sweep_jobs(cfg, root.resolve(), label, seeds=seeds)  # nodes may start elsewhere
         info = submit_sweep(sweep, cfg.launcher, skip_existing=skip_existing)
         console.print(f"submitted {len(info['job_ids'])} SLURM jobs ({', '.join(info['job_ids'])}); "
                       f"logs in {info['folder']}", markup=False)
         console.print(f"state: fxbench show {sweep.sweep_dir}   (or fxbench runs {sweep.sweep_dir.parent})", markup=False)
         return
+    sweep = sweep_jobs(cfg, root, label, seeds=seeds)
     n = cfg.launcher.jobs or 1
     if n == 1:
         with TrainDisplay(quiet) as display:

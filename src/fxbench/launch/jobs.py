@@ -102,13 +102,14 @@ def sweep_jobs(cfg: Config, root: Path, name: str, seeds: Sequence[int] | None =
     seed_list = list(seeds) if seeds else [cfg.train.seed]
     if len(set(seed_list)) != len(seed_list):
         raise UsageError(f"--seeds lists a seed twice: {seed_list}", "give each seed once")
-    base = cfg.model_copy(update={"launcher": LauncherConfig()})
+    base = cfg.model_copy(update={"launcher": LauncherConfig.model_validate({})})
     sweep_dir = Path(root) / (f"{name}-cv" if folds else f"{name}-sweep")
     jobs: list[Job] = []
     for seed in seed_list:
         seeded = base.model_copy(update={"train": base.train.model_copy(update={"seed": seed})})
         dump = seeded.model_dump(mode="json")
-        for fold in (folds or [None]):
+        fold_list: list[int | None] = list(folds) if folds else [None]
+        for fold in fold_list:
             if fold is None:
                 key = f"seed_{seed}"
             elif seeds:
@@ -161,7 +162,7 @@ def run_job(job: Job, skip_existing: bool = False, on_progress: Callable[[Any], 
     from fxbench.workflow import train_run
 
     run_dir = Path(job.run_dir)
-    base = {"key": job.key, "run_dir": job.run_dir, "seed": job.seed, "fold": job.fold}
+    base: dict[str, Any] = {"key": job.key, "run_dir": job.run_dir, "seed": job.seed, "fold": job.fold}
     try:
         state = run_state(run_dir) if skip_existing else "new"
         if state == "finished":
@@ -179,7 +180,7 @@ def run_job(job: Job, skip_existing: bool = False, on_progress: Callable[[Any], 
         return JobResult(**base, status="failed", reason=describe_error(err))
     status = summary["status"]
     return JobResult(**base, status=status, best_epoch=summary.get("best_epoch"), best_score=summary.get("best_score"),
-                     reason="interrupted (resumable)" if status == "interrupted" else None)
+                     reason="stopped; resumable from last.pt" if status == "interrupted" else None)
 
 
 def describe_error(err: BaseException) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 from fxbench.config import Config
 from fxbench.io import write_json_atomic
 from fxbench.launch.jobs import SWEEP_JSON, Job, JobResult, Sweep, cpu_slots, run_job
+from fxbench.launch.state import log_tail
 
 #: Events for a display: (job key, event dict). Events: start (with "slot"), step, val,
 #: result (a JobResult as a dict), note (launcher messages, key "").
@@ -196,8 +197,8 @@ class _Pool:
                     continue
                 if event.get("event") == "result":
                     self.running.pop(key, None)
-                    fields = {k: event.get(k) for k in ("key", "run_dir", "seed", "fold", "status", "best_epoch",
-                                                        "best_score", "reason")}
+                    fields: dict[str, Any] = {k: event.get(k) for k in (
+                        "key", "run_dir", "seed", "fold", "status", "best_epoch", "best_score", "reason")}
                     self.results[key] = JobResult(**fields)
                     write_sweep(self.sweep, _ordered(self.sweep, self.results), launcher)
                 self.on_event(key, event)
@@ -212,15 +213,6 @@ def _exit_reason(rc: int, log_path: Path) -> str:
     how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
     tail = log_tail(log_path, 1)
     return f"worker {how}" + (f": {tail[-1]}" if tail else f" (log: {log_path})")
-
-
-def log_tail(path: Path, lines: int = 10) -> list[str]:
-    """The last ``lines`` non-empty lines of a text log ([] when missing)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    return [ln for ln in text.splitlines() if ln.strip()][-lines:]
 
 
 def run_parallel(sweep: Sweep, slots: Sequence[Slot], skip_existing: bool = False,
