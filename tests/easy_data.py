@@ -33,11 +33,15 @@ def make_easy_prepared(root: Path, n: int = 48, size: int = 64, seed: int = 0, p
     ids = [f"IMG{i:07d}.jpg" for i in range(n)]
     order = np.argsort(ids)
     (root / "cache").mkdir(parents=True, exist_ok=True)
-    np.savez(
-        root / "cache" / f"{size}.npz", image_ids=np.array(ids)[order], format=np.array("raw"),
+    arrays = dict(
+        image_ids=np.array(ids)[order], format=np.array("raw"),
         size=np.array(size, np.int64), images=images[order], masks=masks[order], boxes=boxes[order],
         native_hw=np.tile(np.array([size, size], np.int32), (n, 1))[order],
     )
+    # Square images: both geometries give the same square. The letterbox file has no geometry
+    # member (as caches written before it existed), the stretch one records it.
+    np.savez(root / "cache" / f"{size}.npz", **arrays)
+    np.savez(root / "cache" / f"{size}-stretch.npz", geometry=np.array("stretch"), **arrays)
     splits = np.array(["train"] * n, dtype=object)
     idx = rng.permutation(n)
     splits[idx[: n // 4]] = "val"

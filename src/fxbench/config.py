@@ -51,9 +51,13 @@ class DataConfig(_Section):
     prepared: Path | None = Field(
         None, description="Prepared folder (output of `fxbench prepare`). Default: <data home>/prepared/fracatlas."
     )
-    image_size: int = Field(256, ge=32, le=2048, description="Network input edge in pixels (letterboxed square).")
+    image_size: int = Field(256, ge=32, le=2048, description="Network input edge in pixels (a square; see resize).")
+    resize: Literal["letterbox", "stretch"] = Field(
+        "letterbox",
+        description="Native image -> square: letterbox (aspect kept, zero padding) or stretch (both axes to the size, the seed's default). Reads the prepared cache of that geometry.",
+    )
     cache_size: int | None = Field(
-        None, description="Which prepared cache to read; default: the smallest cache >= image_size."
+        None, description="Which prepared cache to read; default: the smallest cache >= image_size of the resize geometry."
     )
     normalize: Literal["none", "dataset", "imagenet"] = Field(
         "dataset",
@@ -83,6 +87,16 @@ class ModelConfig(_Section):
     pretrained: bool = Field(False, description="Download pretrained encoder weights (needs network).")
     weights: Path | None = Field(None, description="Local pretrained encoder weights (timm file overlay); works offline.")
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        # The registry module imports no torch; builders stay lazy.
+        from fxbench.models.registry import list_models, suggest_model_name
+
+        if v not in list_models():
+            raise ValueError(f"unknown model '{v}'; {suggest_model_name(v)}valid: {', '.join(list_models())}")
+        return v
+
 
 class LossConfig(_Section):
     bce_weight: float = Field(0.5, ge=0.0, description="Pixel BCE weight.")
@@ -102,6 +116,9 @@ class LossConfig(_Section):
         "auto", description="Presence logit for the loss: head, or max / top-k mean of mask logits; auto = head if present."
     )
     presence_topk_frac: float = Field(0.01, gt=0.0, le=1.0)
+    presence_label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Presence BCE target = y(1-s) + s/2 (the seed's classifier used 0.02)."
+    )
 
 
 class PatchConfig(_Section):
@@ -145,6 +162,9 @@ class AugmentConfig(_Section):
     blur_prob: float = Field(0.0, ge=0.0, le=1.0)
     blur_sigma_min: float = Field(0.1, gt=0.0)
     blur_sigma_max: float = Field(1.5, gt=0.0)
+    blur_kernel: int | None = Field(
+        None, ge=3, le=63, description="Gaussian blur kernel edge in pixels (odd; the seed's 5). None = 2*ceil(3*blur_sigma_max)+1."
+    )
     sharpen_prob: float = Field(0.0, ge=0.0, le=1.0)
     sharpen_amount: float = Field(0.5, ge=0.0, le=3.0)
     local_contrast_prob: float = Field(0.0, ge=0.0, le=1.0, description="Unsharp mask with a wide kernel (CLAHE-like).")
@@ -167,6 +187,8 @@ class AugmentConfig(_Section):
         ]:
             if getattr(self, lo) > getattr(self, hi):
                 raise ValueError(f"{lo} must be <= {hi}")
+        if self.blur_kernel is not None and self.blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be odd (got {self.blur_kernel}); try {self.blur_kernel + 1}")
         return self
 
 
@@ -224,7 +246,10 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Pixel probability threshold (prob >= t).")
     tta: Literal["none", "h", "v", "hv", "d4"] = Field("none", description="hv = identity + hflip + vflip (the seed's); d4 adds rotations.")
-    presence_source: Literal["auto", "head", "max", "topk_mean"] = "auto"
+    presence_source: Literal["auto", "head", "max", "topk_mean", "mean", "pred_area"] = Field(
+        "auto",
+        description="Presence score: head, max / topk_mean / mean pixel probability, or pred_area (share of pixels >= threshold); auto = head if present, else max.",
+    )
     presence_topk_frac: float = Field(0.01, gt=0.0, le=1.0)
     presence_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     min_component: int = Field(0, ge=0, description="Drop predicted components smaller than this many pixels.")

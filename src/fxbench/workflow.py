@@ -74,7 +74,7 @@ def evaluate_run(
     through :func:`fxbench.select.seal.score_under_seal` (authorised before anything is
     predicted, logged in ``RUN/test_access.log``). Returns the metrics dict.
     """
-    from fxbench.evaluate import evaluate_predictions, resolve_presence_source
+    from fxbench.evaluate import DERIVED_PRESENCE, evaluate_predictions, resolve_presence_source
     from fxbench.predict.artifact import load_predictions
     from fxbench.predict.infer import load_run_config, predict_split, subgroup_arrays
 
@@ -97,7 +97,9 @@ def evaluate_run(
         return load_predictions(art)
 
     def score(pred: Any, decision: dict[str, Any]) -> dict[str, Any]:
-        decision = {**decision, "presence_source": resolve_presence_source(pred, decision.get("presence_source"))}
+        # pred_area is derived at the decision's threshold (never stored), so it resolves too.
+        available = [*pred.presence, *DERIVED_PRESENCE]
+        decision = {**decision, "presence_source": resolve_presence_source(available, decision.get("presence_source"))}
         metrics = evaluate_predictions(
             pred, decision, bootstrap=cfg.eval.bootstrap if bootstrap is None else bootstrap,
             seed=cfg.eval.bootstrap_seed, subgroups=subgroup_arrays(run_dir, pred.image_ids, prepared),

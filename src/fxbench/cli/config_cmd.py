@@ -42,10 +42,13 @@ def show(config: Path | None = _CFG, set_: list[str] | None = _SET) -> None:
 @config_app.command("validate")
 @handle_errors
 def validate(config: Path = typer.Argument(..., help="YAML config to check.")) -> None:
-    """Check a config file against the schema; exit 2 with the first problem."""
+    """Check a config file against the schema and the registries (model.name; model.encoder
+    of timm-based models, offline); exit 2 with the first problem."""
     from fxbench.config import load_config
+    from fxbench.models.registry import check_registry_names
 
-    load_config(config, [], environ={})
+    cfg = load_config(config, [], environ={})
+    check_registry_names(cfg.model)
     console.print(f"ok: {config} is a valid fxbench config")
 
 

@@ -29,6 +29,11 @@ class CacheFormat(str, Enum):
     jpeg = "jpeg"
 
 
+class Resize(str, Enum):
+    letterbox = "letterbox"
+    stretch = "stretch"
+
+
 @contextmanager
 def _stage_progress() -> Iterator[Callable[[str, int, int], None]]:
     """A Rich progress display fed by prepare's ``progress(stage, done, total)`` callback."""
@@ -123,12 +128,13 @@ def _summary_table(report: dict[str, Any]) -> Table:
         ("cross-split duplicate groups", f"{report['cross_split_duplicate_groups']:,}"),
         ("split mode (seed)", f"{report['split_mode']} ({report.get('seed')})"),
         ("train / val / test", f"{counts.get('train', 0):,} / {counts.get('val', 0):,} / {counts.get('test', 0):,}"),
+        ("split ratios", " / ".join(f"{v:g}" for v in report.get("split_ratios", {}).values())),
         ("split sha256", report["split_sha256"][:16] + "..."),
         ("skipped images", f"{len(report.get('skipped_images', [])):,}"),
         ("warnings", f"{report.get('warnings_count', 0):,}"),
     ]
     for size, c in report.get("caches", {}).items():
-        rows.append((f"cache {size} px", f"{c['format']}, {c['bytes'] / 1e6:,.1f} MB"))
+        rows.append((f"cache {size} px", f"{c.get('geometry', 'letterbox')}, {c['format']}, {c['bytes'] / 1e6:,.1f} MB"))
     if "timings_s" in report:
         rows.append(("time (s)", f"{report['timings_s']['total']:.1f}"))
     for k, v in rows:
@@ -142,14 +148,17 @@ def prepare(
     out: Path | None = typer.Option(None, "--out", help="Prepared folder (default: <data home>/prepared/fracatlas)."),
     split_mode: SplitMode | None = typer.Option(None, "--split-mode", help="grouped (default): stratified, pixel-identical duplicates kept together; seed: the seed benchmark's split; official: FracAtlas' positive split + seeded negatives. Rerunning on a prepared folder keeps its mode unless given."),
     seed: int | None = typer.Option(None, "--seed", help="Split seed (default 42, or the folder's current one)."),
-    cache_size: list[int] | None = typer.Option(None, "--cache-size", help="Letterboxed cache edge in px (repeatable). Default: keep the folder's caches, or 512 for a new folder. Other caches in the folder are kept."),
+    cache_size: list[int] | None = typer.Option(None, "--cache-size", help="Cache edge in px (repeatable). Default: keep the folder's caches, or 512 for a new folder. Other caches in the folder are kept."),
+    resize: Resize = typer.Option(Resize.letterbox, "--resize", help="Geometry of the --cache-size caches: letterbox (aspect kept, zero padding; cache/S.npz) or stretch (both axes to S, the seed's default; cache/S-stretch.npz). Train with the matching data.resize."),
+    train_ratio: float | None = typer.Option(None, "--train-ratio", help="Train share for the seed and grouped modes (default 0.70, or the folder's current one)."),
+    val_ratio: float | None = typer.Option(None, "--val-ratio", help="Val share for the seed and grouped modes (default 0.15, or the folder's current one); test gets the rest."),
     cache_format: CacheFormat = typer.Option(CacheFormat.raw, "--cache-format", help="Format of the --cache-size caches. raw: uint8 arrays; jpeg: compact (JPEG images, PNG masks)."),
     force: bool = typer.Option(False, "--force", help="Redo everything even if the outputs are up to date."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Decode processes (default: all cores)."),
 ) -> None:
     """Decode, check and split the archive: masks, manifest.csv, prepare_report.json, caches."""
     from fxbench.data.archive import registered_archive
-    from fxbench.data.prepare import current_split
+    from fxbench.data.prepare import TRAIN_RATIO, VAL_RATIO, current_ratios, current_split
     from fxbench.data.prepare import prepare as run_prepare
     from fxbench.errors import DataError
     from fxbench.paths import prepared_dir
@@ -166,10 +175,16 @@ def prepare(
     split_seed = seed if seed is not None else existing[1] if existing and mode == existing[0] else 42
     if existing and split_mode is None and seed is None:
         console.print(f"keeping split mode '{mode}' (seed {split_seed}) of {out}; pass --split-mode to change it", markup=False)
+    old_ratios = current_ratios(out) if existing and mode == existing[0] else None
+    ratios = (
+        train_ratio if train_ratio is not None else old_ratios[0] if old_ratios else TRAIN_RATIO,
+        val_ratio if val_ratio is not None else old_ratios[1] if old_ratios else VAL_RATIO,
+    )
     with _stage_progress() as progress:
         result = run_prepare(
             archive, out, split_mode=mode, seed=split_seed, cache_sizes=tuple(cache_size) if cache_size else None,
             cache_format=cache_format.value, force=force, workers=workers, progress=progress,
+            resize=resize.value, train_ratio=ratios[0], val_ratio=ratios[1],
         )
     if result.skipped:
         console.print(f"up to date: {out} (inputs and options unchanged; --force redoes it)")

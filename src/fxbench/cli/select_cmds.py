@@ -184,14 +184,26 @@ def ensemble(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     tta: str | None = typer.Option(None, "--tta", help="TTA for members that must be predicted (default: each run's)."),
     test: bool = typer.Option(True, "--test/--no-test", help="Evaluate test once with the frozen decision."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Fixed member weights, comma-separated in the runs' order (normalised), e.g. 0.5,0.3,0.2."
+    ),
+    weight_step: float | None = typer.Option(
+        None, "--weight-step", help="Choose the weights on val over the simplex grid of this step (e.g. 0.25)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary JSON on stdout."),
 ) -> None:
-    """Average N runs' probability maps and presence scores; choose on val; test once."""
+    """Average N runs' probability maps and presence scores (optionally weighted); choose on val; test once."""
     from fxbench.errors import UsageError
     from fxbench.select.ensemble import run_ensemble
 
     if len(runs) < 2:
         raise UsageError("an ensemble needs at least two runs")
+    fixed = None
+    if weights is not None:
+        try:
+            fixed = [float(v) for v in weights.split(",") if v.strip()]
+        except ValueError as err:
+            raise UsageError(f"--weights {weights!r} is not a comma-separated list of numbers", "e.g. --weights 0.5,0.5") from err
     for run in runs:
         _ensure_predictions(run, "val", tta)
         if test:
@@ -199,6 +211,7 @@ def ensemble(
     summary = run_ensemble(
         runs, out_dir, metric=metric, thresholds=_grid(start, stop, step), min_components=min_component or [0],
         presence_rule=presence_rule, bootstrap=bootstrap, seed=seed, test=test, command=_command_line(),
+        weights=fixed, weight_step=weight_step,
     )
     _finish(summary, out_dir, runs, json_out, f"ensemble of {len(runs)} runs -> {out_dir}")
 
@@ -210,6 +223,8 @@ def _finish(summary: dict[str, Any], out_dir: Path, inputs: list[Path], json_out
         out.print(json.dumps(slim, default=str), markup=False)
     console.print(_result_table(title, summary["val"], summary["test"]))
     weights = ", ".join(f"{k} {d[k]:g}" for k in ("alpha", "beta", "gamma") if d.get(k) is not None)
+    if isinstance(d.get("weights"), dict) and d.get("weight_rule") != "equal":
+        weights = "weights " + " ".join(f"{k}={v:g}" for k, v in d["weights"].items()) + f" ({d.get('weight_rule')})"
     console.print(
         f"frozen on val: threshold {d['threshold']:g}, presence {d['presence_source']} >= {d['presence_threshold']:.4f}"
         + (f", {weights}" if weights else ""),

@@ -143,6 +143,29 @@ def separable_blur(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return x.reshape(n, c, h, w)
 
 
+def blur_radius(kernel: int | None, sigma_max: float) -> int:
+    """Half-width of the blur kernel: ``kernel // 2`` for a fixed odd kernel (the seed's
+    ``blur_kernel``, 5 -> 2), else ``ceil(3 * sigma_max)`` (the whole gaussian up to 3 sigma)."""
+    if kernel is not None:
+        return max(1, int(kernel) // 2)
+    return max(1, math.ceil(3 * sigma_max))
+
+
+def gaussian_blur(
+    images: torch.Tensor, sigma: torch.Tensor, on: torch.Tensor, radius: int
+) -> torch.Tensor:
+    """The seed's Gaussian blur (seed_spec 4.4, item 8): a normalised gaussian truncated to
+    2 * radius + 1 taps, the same sigma in x and y, on the samples where ``on [N]`` is set.
+
+    Equals ``torchvision.transforms.functional.gaussian_blur`` with that kernel size (reflect
+    padding). ``images [N, C, H, W]``; ``sigma [N]`` in pixels. The seed blurred the native
+    image before resizing; fxbench blurs the network-size batch on the device, so sigma is in
+    network pixels.
+    """
+    blurred = separable_blur(images, gaussian_kernels(sigma, radius))
+    return torch.where(_per_sample(on), blurred, images)
+
+
 def lowpass(images: torch.Tensor, fraction: float) -> torch.Tensor:
     """Wide low-pass (box average at ``fraction`` of the side, bilinear back up): cheap at any size."""
     h, w = images.shape[-2:]
@@ -286,10 +309,7 @@ class Augmenter:
             x = torch.where(_per_sample(on["autocontrast"]) & (hi > lo), stretched, x)
         if cfg.blur_prob > 0:
             sigma = _lerp(u[:, _C["blur_sigma"]], cfg.blur_sigma_min, cfg.blur_sigma_max)
-            radius = max(1, math.ceil(3 * cfg.blur_sigma_max))
-            x = torch.where(
-                _per_sample(on["blur"]), separable_blur(x, gaussian_kernels(sigma, radius)), x
-            )
+            x = gaussian_blur(x, sigma, on["blur"], blur_radius(cfg.blur_kernel, cfg.blur_sigma_max))
         if cfg.sharpen_prob > 0 and cfg.sharpen_amount > 0:
             sigma = torch.full((x.shape[0],), SHARPEN_SIGMA, device=x.device)
             soft = separable_blur(x, gaussian_kernels(sigma, math.ceil(3 * SHARPEN_SIGMA)))

@@ -1,4 +1,13 @@
-"""The letterboxed image/mask cache ``PREP/cache/<S>.npz`` (format: docs/internals.md).
+"""The image/mask cache ``PREP/cache/<S>.npz`` (letterbox) or ``<S>-stretch.npz`` (format:
+docs/internals.md).
+
+Two geometries (``data.resize``): ``letterbox`` scales by S / max(H, W) and pads to the square
+(fxbench's default, no distortion); ``stretch`` resizes each axis to S independently (the seed's
+default, ``input.preserve_aspect: false``). Every cache records its geometry (member
+``geometry``; caches written before it existed are letterbox, the only geometry then), and the
+box of each image says where the image lies in the square: the letterbox box, or the whole
+square for stretch. Going back to native size is the same for both (crop the box, resize to
+(H, W)), so native scoring and ``predict`` need no special case.
 
 An ``.npz`` is a zip of ``.npy`` members that ``numpy.load(allow_pickle=False)`` reads. Two
 formats:
@@ -31,10 +40,12 @@ from fxbench.errors import DataError
 from fxbench.io import atomic_path, sha256_file
 
 CACHE_FORMATS = ("raw", "jpeg")
+#: Input geometries (``data.resize``); the first is the default and the legacy meaning.
+GEOMETRIES = ("letterbox", "stretch")
 JPEG_QUALITY = 95
 #: Deflate level for raw caches: level 1 is ~4x faster than 6 and within a few % in size.
 DEFLATE_LEVEL = 1
-_NAME = re.compile(r"^(\d+)\.npz$")
+_NAME = re.compile(r"^(\d+)(-stretch)?\.npz$")
 
 
 @dataclass
@@ -54,6 +65,31 @@ class CacheArrays:
     sha256: str
     format: str = "raw"
     path: Path | None = field(default=None, compare=False)
+    geometry: str = "letterbox"
+
+
+def cache_key(size: int, geometry: str = "letterbox") -> str:
+    """The name stem of a cache: ``"512"`` (letterbox, the legacy name) or ``"512-stretch"``."""
+    _check_geometry(geometry)
+    return str(int(size)) if geometry == "letterbox" else f"{int(size)}-{geometry}"
+
+
+def parse_cache_key(key: str) -> tuple[int, str] | None:
+    """``"512"`` -> (512, letterbox), ``"512-stretch"`` -> (512, stretch); None for other text."""
+    m = _NAME.match(f"{key}.npz")
+    if not m:
+        return None
+    return int(m.group(1)), "stretch" if m.group(2) else "letterbox"
+
+
+def cache_filename(size: int, geometry: str = "letterbox") -> str:
+    """``512.npz`` or ``512-stretch.npz``."""
+    return f"{cache_key(size, geometry)}.npz"
+
+
+def _check_geometry(geometry: str) -> None:
+    if geometry not in GEOMETRIES:
+        raise DataError(f"unknown resize geometry {geometry!r}", f"use one of {', '.join(GEOMETRIES)}")
 
 
 # --------------------------------------------------------------------------------------
@@ -76,10 +112,18 @@ def letterbox(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np
     on (the best-covered one), so no positive turns negative by resizing alone.
     Returns (image uint8 [S,S], mask uint8 [S,S] 0/1, box (top, left, h, w)).
     """
+    height, width = image.shape
+    return _place(image, mask, size, letterbox_box(height, width, size))
+
+
+def _place(
+    image: np.ndarray, mask: np.ndarray | None, size: int, box: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """Resize image and mask into ``box`` (top, left, h, w) of a zero S x S square."""
     from PIL import Image
 
     height, width = image.shape
-    top, left, h, w = letterbox_box(height, width, size)
+    top, left, h, w = box
     out_img = np.zeros((size, size), np.uint8)
     out_mask = np.zeros((size, size), np.uint8)
     resized = image if (h, w) == (height, width) else np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
@@ -94,6 +138,30 @@ def letterbox(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np
                 small[np.unravel_index(int(np.argmax(cover)), cover.shape)] = 1
         out_mask[top : top + h, left : left + w] = small
     return out_img, out_mask, (top, left, h, w)
+
+
+def stretch_box(size: int) -> tuple[int, int, int, int]:
+    """The box of a stretched image: the whole ``size`` x ``size`` square."""
+    return 0, 0, size, size
+
+
+def stretch(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """Stretch a grey image [H,W] uint8 and its bool mask [H,W] to S x S (the seed's default).
+
+    Each axis is resized to S on its own (no padding). Image: bilinear with antialiasing (PIL),
+    as the letterbox. Mask: the letterbox's coverage rule (>= 50% of a pixel's area, and a
+    non-empty mask keeps its best-covered pixel), not the seed's nearest neighbour, so a thin
+    fracture is not dropped or kept by the sampling phase. Returns (image, mask, (0, 0, S, S)).
+    """
+    return _place(image, mask, size, stretch_box(size))
+
+
+def to_cache_frame(
+    image: np.ndarray, mask: np.ndarray | None, size: int, geometry: str = "letterbox"
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """The one entry point for "native image -> cache square" in either geometry."""
+    _check_geometry(geometry)
+    return letterbox(image, mask, size) if geometry == "letterbox" else stretch(image, mask, size)
 
 
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -141,9 +209,14 @@ class CacheWriter:
     ``add_encoded(jpeg_bytes, png_bytes, box, native_hw)`` (jpeg format), then ``close()``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], image_ids: Sequence[str], size: int, fmt: str = "raw") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], image_ids: Sequence[str], size: int, fmt: str = "raw",
+        geometry: str = "letterbox",
+    ) -> None:
         if fmt not in CACHE_FORMATS:
             raise DataError(f"unknown cache format {fmt!r}", f"use one of {', '.join(CACHE_FORMATS)}")
+        _check_geometry(geometry)
+        self.geometry = geometry
         self.path = Path(path)
         self.image_ids = list(image_ids)
         self.size = int(size)
@@ -215,6 +288,7 @@ class CacheWriter:
                 _write_member(zf, f"{key}_offsets", offsets, compress=True)
         _write_member(zf, "image_ids", np.array(self.image_ids, dtype=str) if self.image_ids else np.zeros(0, "<U1"), True)
         _write_member(zf, "format", np.array(self.format, dtype="<U8"), True)
+        _write_member(zf, "geometry", np.array(self.geometry, dtype="<U16"), True)
         _write_member(zf, "size", np.array(self.size, dtype=np.int64), True)
         _write_member(zf, "boxes", self.boxes, True)
         _write_member(zf, "native_hw", self.native_hw, True)
@@ -237,6 +311,7 @@ def write_cache(
     boxes: np.ndarray,
     native_hw: np.ndarray,
     fmt: str = "raw",
+    geometry: str = "letterbox",
 ) -> Path:
     """Write a whole cache atomically from in-memory arrays (images uint8 [N,S,S], masks 0/1).
 
@@ -246,7 +321,7 @@ def write_cache(
         raise ValueError("image_ids must be sorted")
     n, size = images.shape[0], images.shape[1]
     with atomic_path(path) as tmp:
-        writer = CacheWriter(tmp, image_ids, size, fmt)
+        writer = CacheWriter(tmp, image_ids, size, fmt, geometry)
         try:
             for i in range(n):
                 writer.add(images[i], masks[i], boxes[i], native_hw[i])
@@ -331,6 +406,8 @@ def load_cache(
         with np.load(path, allow_pickle=False) as z:
             fmt = str(z["format"])
             size = int(z["size"])
+            # Caches written before the member existed are letterbox (the only geometry then).
+            geometry = str(z["geometry"]) if "geometry" in z.files else "letterbox"
             ids = [str(s) for s in z["image_ids"]]
             sel = np.arange(len(ids)) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
             if len(sel) and (sel[0] < 0 or sel[-1] >= len(ids)):
@@ -354,7 +431,9 @@ def load_cache(
     n = len(ids)
     if images.shape != (n, size, size) or masks.shape != (n, size, size) or boxes.shape != (n, 4) or native_hw.shape != (n, 2):
         raise DataError(f"{path}: arrays do not match {n} images of {size}x{size}", "rerun `fxbench prepare --force`")
-    return CacheArrays(ids, images, masks, boxes, native_hw, size, sha256_file(path) if checksum else "", fmt, path)
+    if geometry not in GEOMETRIES:
+        raise DataError(f"{path}: unknown geometry {geometry!r}", "rerun `fxbench prepare --force`")
+    return CacheArrays(ids, images, masks, boxes, native_hw, size, sha256_file(path) if checksum else "", fmt, path, geometry)
 
 
 def cache_image_ids(path: str | os.PathLike[str]) -> list[str]:
@@ -366,26 +445,56 @@ def cache_image_ids(path: str | os.PathLike[str]) -> list[str]:
         raise DataError(f"{path} is not a valid fxbench cache ({type(err).__name__}: {err})", "rerun `fxbench prepare --force`") from err
 
 
-def available_caches(prepared_dir: str | os.PathLike[str]) -> dict[int, Path]:
-    """{S: path} of the caches under ``prepared_dir/cache``."""
+def cache_geometry(path: str | os.PathLike[str]) -> str:
+    """The geometry a cache file records (``letterbox`` for caches older than the member)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return str(z["geometry"]) if "geometry" in z.files else "letterbox"
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise DataError(f"{path} is not a valid fxbench cache ({type(err).__name__}: {err})", "rerun `fxbench prepare --force`") from err
+
+
+def check_cache_geometry(path: str | os.PathLike[str], geometry: str) -> None:
+    """Refuse a cache whose recorded geometry is not ``geometry`` (never use one for the other)."""
+    have = cache_geometry(path)
+    if have != geometry:
+        raise DataError(
+            f"cache {Path(path).name} holds {have} images but data.resize is {geometry}",
+            f"run `fxbench prepare --resize {geometry} --cache-size S`, or set data.resize={have}",
+        )
+
+
+def available_caches(prepared_dir: str | os.PathLike[str], geometry: str = "letterbox") -> dict[int, Path]:
+    """{S: path} of the caches of ``geometry`` under ``prepared_dir/cache`` (by file name)."""
+    _check_geometry(geometry)
     folder = Path(prepared_dir) / "cache"
     out: dict[int, Path] = {}
     if folder.is_dir():
         for p in folder.iterdir():
-            m = _NAME.match(p.name)
-            if m and p.is_file():
-                out[int(m.group(1))] = p
+            key = parse_cache_key(p.name[:-4]) if p.name.endswith(".npz") else None
+            if key and key[1] == geometry and p.is_file():
+                out[key[0]] = p
     return dict(sorted(out.items()))
 
 
-def find_cache(prepared_dir: str | os.PathLike[str], image_size: int) -> Path:
-    """The smallest cache whose size is >= ``image_size`` (training resizes down from it)."""
-    caches = available_caches(prepared_dir)
+def all_caches(prepared_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """{key: path} of every cache under ``prepared_dir/cache`` (``"512"``, ``"256-stretch"``...)."""
+    out: dict[str, Path] = {}
+    for geometry in GEOMETRIES:
+        for size, path in available_caches(prepared_dir, geometry).items():
+            out[cache_key(size, geometry)] = path
+    return out
+
+
+def find_cache(prepared_dir: str | os.PathLike[str], image_size: int, geometry: str = "letterbox") -> Path:
+    """The smallest ``geometry`` cache whose size is >= ``image_size`` (training resizes down from it)."""
+    caches = available_caches(prepared_dir, geometry)
     fits = [s for s in caches if s >= image_size]
     if not fits:
-        have = ", ".join(str(s) for s in caches) or "none"
+        have = ", ".join(all_caches(prepared_dir)) or "none"
+        flag = "" if geometry == "letterbox" else f" --resize {geometry}"
         raise DataError(
-            f"no cache of size >= {image_size} in {Path(prepared_dir) / 'cache'} (have: {have})",
-            f"run `fxbench prepare --archive ARCHIVE --out {prepared_dir} --cache-size {image_size}`",
+            f"no {geometry} cache of size >= {image_size} in {Path(prepared_dir) / 'cache'} (have: {have})",
+            f"run `fxbench prepare --archive ARCHIVE --out {prepared_dir}{flag} --cache-size {image_size}`",
         )
     return caches[fits[0]]

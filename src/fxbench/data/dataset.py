@@ -25,8 +25,8 @@ class SplitData:
     """One split at network resolution S.
 
     images, masks: uint8 [N,1,S,S] (masks 0/1); labels: int64 [N] (1 = ground-truth mask
-    non-empty at S); boxes int32 [N,4] (top, left, h, w of the image in the letterbox);
-    native_hw int32 [N,2].
+    non-empty at S); boxes int32 [N,4] (top, left, h, w of the image in the square: the
+    letterbox box, or the whole square for stretch); native_hw int32 [N,2].
     """
 
     name: str
@@ -51,6 +51,7 @@ class PreparedData:
     splits: dict[str, SplitData]
     mean: float
     std: float
+    resize: str = "letterbox"
 
 
 def read_manifest(prepared_dir: Path) -> list[dict[str, str]]:
@@ -100,21 +101,34 @@ def load_prepared(
     image_size: int,
     cache_size: int | None = None,
     splits: tuple[str, ...] = ("train", "val", "test"),
+    resize: str = "letterbox",
 ) -> PreparedData:
-    """Load the prepared cache for ``splits`` at network resolution ``image_size``."""
-    from fxbench.data.cache import cache_image_ids, find_cache, load_cache
+    """Load the prepared cache for ``splits`` at network resolution ``image_size``.
+
+    ``resize`` (``data.resize``) picks the cache geometry; a cache recording another geometry
+    is refused (DataError), never resized into this one.
+    """
+    from fxbench.data.cache import (
+        cache_filename,
+        cache_image_ids,
+        check_cache_geometry,
+        find_cache,
+        load_cache,
+    )
 
     prepared_dir = Path(prepared_dir)
     rows = read_manifest(prepared_dir)
     if cache_size is not None:
-        cache_path = prepared_dir / "cache" / f"{cache_size}.npz"
+        cache_path = prepared_dir / "cache" / cache_filename(cache_size, resize)
         if not cache_path.is_file():
+            flag = "" if resize == "letterbox" else f" --resize {resize}"
             raise DataError(
-                f"no {cache_size}-px cache in {prepared_dir}",
-                f"run `fxbench prepare --archive ARCHIVE --out {prepared_dir} --cache-size {cache_size}`",
+                f"no {cache_size}-px {resize} cache in {prepared_dir}",
+                f"run `fxbench prepare --archive ARCHIVE --out {prepared_dir}{flag} --cache-size {cache_size}`",
             )
     else:
-        cache_path = find_cache(prepared_dir, image_size)
+        cache_path = find_cache(prepared_dir, image_size, resize)
+    check_cache_geometry(cache_path, resize)
     index = {iid: i for i, iid in enumerate(cache_image_ids(cache_path))}
     missing = [r["image_id"] for r in rows if r["image_id"] not in index]
     if missing:
@@ -161,6 +175,7 @@ def load_prepared(
         splits=out,
         mean=mean,
         std=std,
+        resize=resize,
     )
 
 

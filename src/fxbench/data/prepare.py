@@ -31,11 +31,14 @@ import numpy as np
 
 from fxbench.data.cache import (
     CACHE_FORMATS,
+    GEOMETRIES,
     CacheWriter,
-    available_caches,
+    all_caches,
+    cache_key,
     encode_jpeg,
     encode_png_mask,
-    letterbox,
+    parse_cache_key,
+    to_cache_frame,
 )
 from fxbench.data.fracatlas import (
     BOX_SOURCES,
@@ -106,13 +109,26 @@ def _ratio_counts(n: int, train: float = TRAIN_RATIO, val: float = VAL_RATIO) ->
     return n_train, n_val
 
 
-def seed_split(rows: Sequence[tuple[str, int]], seed: int = 42) -> dict[str, str]:
+def check_ratios(train: float, val: float) -> None:
+    """The seed's rule for split ratios: train > 0, val >= 0, train + val < 1 (test non-empty)."""
+    if not (0.0 < train < 1.0 and 0.0 <= val < 1.0 and train + val < 1.0):
+        raise ConfigError(
+            f"split ratios train={train:g} val={val:g} are invalid",
+            "use train > 0, val >= 0 and train + val < 1 (default 0.70 / 0.15)",
+        )
+
+
+def seed_split(
+    rows: Sequence[tuple[str, int]], seed: int = 42, train_ratio: float = TRAIN_RATIO, val_ratio: float = VAL_RATIO
+) -> dict[str, str]:
     """The seed benchmark's split, bit-identical (seed_spec 1.2).
 
     ``rows`` are (image_id, fractured as written in dataset.csv) in dataset.csv order. Buckets
     0 then 1 are shuffled in place by one ``random.Random(seed)``; the first round(0.70 n) go to
-    train, the next round(0.15 n) to val, the rest to test.
+    train, the next round(0.15 n) to val, the rest to test (the seed's ``--train-ratio`` /
+    ``--val-ratio`` change 0.70 / 0.15).
     """
+    check_ratios(train_ratio, val_ratio)
     buckets: dict[int, list[str]] = {0: [], 1: []}
     for image_id, fractured in rows:
         buckets[int(fractured)].append(image_id)
@@ -121,17 +137,19 @@ def seed_split(rows: Sequence[tuple[str, int]], seed: int = 42) -> dict[str, str
     for label in (0, 1):
         items = buckets[label]
         rng.shuffle(items)
-        n_train, n_val = _ratio_counts(len(items))
+        n_train, n_val = _ratio_counts(len(items), train_ratio, val_ratio)
         for i, image_id in enumerate(items):
             out[image_id] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
     return out
 
 
-def _allocate_groups(groups: list[list[str]], rng: random.Random) -> dict[str, str]:
-    """Shuffle whole groups and fill train, then val, then test up to the seed's ratios."""
+def _allocate_groups(
+    groups: list[list[str]], rng: random.Random, train_ratio: float = TRAIN_RATIO, val_ratio: float = VAL_RATIO
+) -> dict[str, str]:
+    """Shuffle whole groups and fill train, then val, then test up to the ratios (default the seed's)."""
     rng.shuffle(groups)
     n = sum(len(g) for g in groups)
-    n_train, n_val = _ratio_counts(n)
+    n_train, n_val = _ratio_counts(n, train_ratio, val_ratio)
     out: dict[str, str] = {}
     done = 0
     for group in groups:
@@ -142,12 +160,15 @@ def _allocate_groups(groups: list[list[str]], rng: random.Random) -> dict[str, s
     return out
 
 
-def grouped_split(items: Sequence[tuple[str, int, str]], seed: int = 42) -> dict[str, str]:
+def grouped_split(
+    items: Sequence[tuple[str, int, str]], seed: int = 42, train_ratio: float = TRAIN_RATIO, val_ratio: float = VAL_RATIO
+) -> dict[str, str]:
     """Stratified by label, groups kept whole: ``items`` are (image_id, label, group key).
 
     A group with mixed labels counts as positive (its fracture must not leak). Groups are
     sorted before the seeded shuffle, so the result depends only on the data and the seed.
     """
+    check_ratios(train_ratio, val_ratio)
     by_group: dict[str, list[tuple[str, int]]] = {}
     for image_id, label, group in items:
         by_group.setdefault(group, []).append((image_id, int(label)))
@@ -158,7 +179,7 @@ def grouped_split(items: Sequence[tuple[str, int, str]], seed: int = 42) -> dict
     rng = random.Random(seed)
     out: dict[str, str] = {}
     for label in (0, 1):
-        out.update(_allocate_groups(strata[label], rng))
+        out.update(_allocate_groups(strata[label], rng, train_ratio, val_ratio))
     return out
 
 
@@ -235,8 +256,9 @@ def build_plan(layout: Layout) -> list[ImagePlan]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: DatasetSource, caches: tuple[tuple[int, str], ...], masks_dir: str | None) -> None:
-    """Per-process state: the source, the caches to fill ((size, format), ...), the masks folder."""
+def _init_worker(source: DatasetSource, caches: tuple[tuple[str, str], ...], masks_dir: str | None) -> None:
+    """Per-process state: the source, the caches to fill ((key, format), ...; key as
+    :func:`fxbench.data.cache.cache_key`), the masks folder."""
     _WORKER.clear()
     _WORKER.update(source=source, caches=caches, masks_dir=masks_dir)
 
@@ -274,12 +296,13 @@ def _process_unsafe(image_id: str, rel: str, fractures: list[list[Polygon]]) -> 
     if _WORKER["masks_dir"]:
         _write_mask(Path(_WORKER["masks_dir"]) / f"{Path(image_id).stem}.png", mask)
     caches = {}
-    for size, fmt in _WORKER["caches"]:
-        img, m, box = letterbox(dec.pixels, mask, size)
+    for key, fmt in _WORKER["caches"]:
+        size, geometry = _parse_key(key)
+        img, m, box = to_cache_frame(dec.pixels, mask, size, geometry)
         if fmt == "raw":
-            caches[size] = (img.tobytes(), zlib.compress(m.tobytes(), 1), box)
+            caches[key] = (img.tobytes(), zlib.compress(m.tobytes(), 1), box)
         else:
-            caches[size] = (encode_jpeg(img), encode_png_mask(m), box)
+            caches[key] = (encode_jpeg(img), encode_png_mask(m), box)
     return {
         "image_id": image_id, "error": None, "warnings": warnings,
         "width": width, "height": height, "orientation": dec.orientation, "truncated": dec.truncated,
@@ -327,35 +350,36 @@ def _decode_pass(
     layout: Layout,
     plans: list[ImagePlan],
     out: Path,
-    requests: dict[int, str],
+    requests: dict[str, str],
     write_masks: bool,
     workers: int,
     progress: Progress | None,
-) -> tuple[dict[str, dict[str, Any]], Path | None, dict[int, Path]]:
-    """Decode every planned image once, filling the caches ``requests`` ({size: format}).
+) -> tuple[dict[str, dict[str, Any]], Path | None, dict[str, Path]]:
+    """Decode every planned image once, filling the caches ``requests`` ({cache key: format}).
 
-    Returns (records by image_id, temp masks folder or None, {size: temp cache file}). Temp
+    Returns (records by image_id, temp masks folder or None, {cache key: temp cache file}). Temp
     outputs are removed if anything fails.
     """
     masks_tmp = Path(tempfile.mkdtemp(prefix=".masks.", suffix=".tmp", dir=out)) if write_masks else None
     (out / "cache").mkdir(exist_ok=True)
     ids = [p.image_id for p in plans]
-    tmp_caches: dict[int, Path] = {}
-    writers: dict[int, CacheWriter] = {}
+    tmp_caches: dict[str, Path] = {}
+    writers: dict[str, CacheWriter] = {}
     records: dict[str, dict[str, Any]] = {}
     try:
-        for size, fmt in requests.items():
-            fd, name = tempfile.mkstemp(prefix=f".{size}.", suffix=".npz.tmp", dir=out / "cache")
+        for key, fmt in requests.items():
+            size, geometry = _parse_key(key)
+            fd, name = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz.tmp", dir=out / "cache")
             os.close(fd)
-            tmp_caches[size] = Path(name)
-            writers[size] = CacheWriter(name, ids, size, fmt)
+            tmp_caches[key] = Path(name)
+            writers[key] = CacheWriter(name, ids, size, fmt, geometry)
         tasks = [(p.image_id, p.relpath, p.fractures) for p in plans]
         init_args = (layout.source, tuple(requests.items()), str(masks_tmp) if masks_tmp else None)
         blank = _blank_payloads(requests)
         for done, res in enumerate(_results(tasks, init_args, workers), start=1):
             caches = res.pop("caches", None) or blank
-            for size, writer in writers.items():
-                payload_img, payload_mask, box = caches[size]
+            for key, writer in writers.items():
+                payload_img, payload_mask, box = caches[key]
                 writer.add_encoded(payload_img, payload_mask, box, (res.get("height", 0), res.get("width", 0)))
             records[res["image_id"]] = res
             if progress:
@@ -364,8 +388,8 @@ def _decode_pass(
             writer.close()
         failed = {i for i, r in records.items() if r["error"]}
         if failed:
-            for size, path in tmp_caches.items():
-                _drop_items(path, failed, requests[size])
+            for key, path in tmp_caches.items():
+                _drop_items(path, failed, requests[key], _parse_key(key)[1])
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -377,19 +401,27 @@ def _decode_pass(
     return records, masks_tmp, tmp_caches
 
 
-def _blank_payloads(requests: dict[int, str]) -> dict[int, tuple[bytes, bytes, tuple[int, int, int, int]]]:
+def _parse_key(key: str) -> tuple[int, str]:
+    parsed = parse_cache_key(key)
+    if parsed is None:
+        raise ValueError(f"bad cache key {key!r}")
+    return parsed
+
+
+def _blank_payloads(requests: dict[str, str]) -> dict[str, tuple[bytes, bytes, tuple[int, int, int, int]]]:
     """Placeholders for images that failed to decode (dropped again before the rename)."""
     out = {}
-    for size, fmt in requests.items():
+    for key, fmt in requests.items():
+        size, _ = _parse_key(key)
         zero = np.zeros((size, size), np.uint8)
         if fmt == "raw":
-            out[size] = (zero.tobytes(), zlib.compress(zero.tobytes(), 1), (0, 0, 0, 0))
+            out[key] = (zero.tobytes(), zlib.compress(zero.tobytes(), 1), (0, 0, 0, 0))
         else:
-            out[size] = (encode_jpeg(zero), encode_png_mask(zero), (0, 0, 0, 0))
+            out[key] = (encode_jpeg(zero), encode_png_mask(zero), (0, 0, 0, 0))
     return out
 
 
-def _drop_items(path: Path, drop: set[str], fmt: str) -> None:
+def _drop_items(path: Path, drop: set[str], fmt: str, geometry: str = "letterbox") -> None:
     """Rewrite a temp cache without the items in ``drop`` (rare: undecodable images)."""
     with np.load(path, allow_pickle=False) as z:
         ids = [str(s) for s in z["image_ids"]]
@@ -404,7 +436,7 @@ def _drop_items(path: Path, drop: set[str], fmt: str) -> None:
             items = [(ib[io_[k] : io_[k + 1]].tobytes(), mb[mo[k] : mo[k + 1]].tobytes()) for k in keep]
     if not keep:
         raise DataError(f"none of the {len(ids)} images could be decoded", "see the warnings; the archive may be corrupt")
-    writer = CacheWriter(path, [ids[k] for k in keep], size, fmt)
+    writer = CacheWriter(path, [ids[k] for k in keep], size, fmt, geometry)
     for (img, mask), k in zip(items, keep, strict=True):
         writer.add_encoded(img, mask, boxes[k], native_hw[k])
     writer.close()
@@ -427,11 +459,11 @@ def _file_stamp(path: Path) -> dict[str, int]:
     return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _cache_valid(out: Path, state: dict[str, Any] | None, fingerprint: str, size: int, fmt: str) -> bool:
+def _cache_valid(out: Path, state: dict[str, Any] | None, fingerprint: str, key: str, fmt: str) -> bool:
     if not state:
         return False
-    entry = state.get("caches", {}).get(str(size))
-    path = out / "cache" / f"{size}.npz"
+    entry = state.get("caches", {}).get(key)
+    path = out / "cache" / f"{key}.npz"
     if not entry or not path.is_file() or entry.get("fingerprint") != fingerprint or entry.get("format") != fmt:
         return False
     return _file_stamp(path) == {"bytes": entry.get("bytes"), "mtime_ns": entry.get("mtime_ns")}
@@ -553,13 +585,18 @@ def _check_args(split_mode: str, cache_sizes: Sequence[int] | None, cache_format
     return sizes
 
 
-def _cache_requests(out: Path, sizes: tuple[int, ...] | None, fmt: str) -> dict[int, str]:
-    """{size: format} to have after this run (see ``prepare``'s ``cache_sizes``)."""
+def _cache_requests(out: Path, sizes: tuple[int, ...] | None, fmt: str, geometry: str = "letterbox") -> dict[str, str]:
+    """{cache key: format} to have after this run (see ``prepare``'s ``cache_sizes``)."""
     if sizes is not None:
-        return {s: fmt for s in sizes}
+        return {cache_key(s, geometry): fmt for s in sizes}
     old = (_load_state(out) or {}).get("caches", {})
-    have = {int(s): e.get("format", "raw") for s, e in old.items() if isinstance(e, dict) and str(s).isdigit()}
-    return dict(sorted(have.items())) or {512: fmt}
+    have = {str(k): e.get("format", "raw") for k, e in old.items() if isinstance(e, dict) and parse_cache_key(str(k))}
+    return dict(sorted(have.items(), key=lambda kv: _sort_key(kv[0]))) or {cache_key(512, geometry): fmt}
+
+
+def _sort_key(key: str) -> tuple[int, int]:
+    size, geometry = _parse_key(key)
+    return size, GEOMETRIES.index(geometry)
 
 
 def _swap_in_masks(out: Path, masks_tmp: Path) -> None:
@@ -592,19 +629,34 @@ def prepare(
     force: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
+    resize: str = "letterbox",
+    train_ratio: float = TRAIN_RATIO,
+    val_ratio: float = VAL_RATIO,
 ) -> PrepareResult:
     """Prepare a FracAtlas-layout ``archive`` (zip or folder) into ``out``.
 
     Writes masks at native resolution (0/255 PNG), manifest.csv, prepare_report.json and one
-    letterboxed cache per size (``raw`` uint8 arrays or compact ``jpeg``). Idempotent: with
-    unchanged inputs and options nothing is redone (``force`` redoes everything). ``workers``:
-    decode processes (default: all cores; 1 = in this process).
+    cache per size (``raw`` uint8 arrays or compact ``jpeg``), in the ``resize`` geometry
+    (``letterbox`` -> ``cache/<S>.npz``, ``stretch`` -> ``cache/<S>-stretch.npz``). Idempotent:
+    with unchanged inputs and options nothing is redone (``force`` redoes everything).
+    ``workers``: decode processes (default: all cores; 1 = in this process).
 
-    ``cache_sizes`` are built in ``cache_format``; caches of other sizes already in ``out`` are
-    kept. ``cache_sizes=None`` keeps the folder's caches as they are (each in its own format,
-    rebuilt only if the inputs changed), or builds 512 px when there are none.
+    ``cache_sizes`` are built in ``cache_format``; caches of other sizes or geometries already
+    in ``out`` are kept. ``cache_sizes=None`` keeps the folder's caches as they are (each in its
+    own format, rebuilt only if the inputs changed), or builds 512 px when there are none.
+    ``train_ratio`` / ``val_ratio`` (seed and grouped modes; default the seed's 0.70 / 0.15) are
+    recorded in the report.
     """
     sizes = _check_args(split_mode, cache_sizes, cache_format, seed)
+    if resize not in GEOMETRIES:
+        raise ConfigError(f"unknown resize {resize!r}", f"use one of {', '.join(GEOMETRIES)}")
+    check_ratios(train_ratio, val_ratio)
+    ratios = (float(train_ratio), float(val_ratio))
+    if split_mode == "official" and ratios != (TRAIN_RATIO, VAL_RATIO):
+        raise ConfigError(
+            "--train-ratio/--val-ratio apply to the seed and grouped split modes",
+            "the official split is fixed by FracAtlas; drop the ratios or use --split-mode seed|grouped",
+        )
     t0 = time.perf_counter()
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
@@ -613,7 +665,8 @@ def prepare(
         progress("read", 0, 1)
     layout = read_layout(archive)
     try:
-        return _prepare_layout(layout, out, split_mode, seed, sizes, cache_format, force, workers, progress, t0)
+        return _prepare_layout(layout, out, split_mode, seed, sizes, cache_format, force, workers, progress, t0,
+                               resize, ratios)
     finally:
         layout.source.close()
 
@@ -621,6 +674,7 @@ def prepare(
 def _prepare_layout(
     layout: Layout, out: Path, split_mode: str, seed: int, sizes: tuple[int, ...] | None, fmt: str,
     force: bool, workers: int | None, progress: Progress | None, t0: float,
+    resize: str = "letterbox", ratios: tuple[float, float] = (TRAIN_RATIO, VAL_RATIO),
 ) -> PrepareResult:
     fingerprint = sha256_bytes(f"{DATA_VERSION}\n{layout.source.fingerprint()}".encode())
     plans = build_plan(layout)
@@ -636,9 +690,11 @@ def _prepare_layout(
     state = None if force else old_state
     records = (state or {}).get("records")
     need_masks = records is None or not _masks_complete(out, records)
-    requests = _cache_requests(out, sizes, fmt)
+    requests = _cache_requests(out, sizes, fmt, resize)
     need = {s: f for s, f in requests.items() if not _cache_valid(out, state, fingerprint, s, f)}
-    params = {"split_mode": split_mode, "seed": seed}
+    params: dict[str, Any] = {"split_mode": split_mode, "seed": seed}
+    if ratios != (TRAIN_RATIO, VAL_RATIO):  # only then: folders prepared before the option stay up to date
+        params["ratios"] = list(ratios)
     if (not need_masks and not need and state and state.get("split") == params
             and (out / "manifest.csv").is_file() and (out / "prepare_report.json").is_file()):
         report = json.loads((out / "prepare_report.json").read_text(encoding="utf-8"))
@@ -655,24 +711,25 @@ def _prepare_layout(
         if masks_tmp:
             _swap_in_masks(out, masks_tmp)
             rebuilt.append("masks")
-        for size, tmp in tmp_caches.items():
-            final = out / "cache" / f"{size}.npz"
+        for key, tmp in tmp_caches.items():
+            final = out / "cache" / f"{key}.npz"
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache is meant to be shared and copied
             os.replace(tmp, final)
-            cache_state[str(size)] = {"format": need[size], "fingerprint": fingerprint, "sha256": sha256_file(final), **_file_stamp(final)}
-            rebuilt.append(f"cache/{size}.npz")
+            cache_state[key] = {"format": need[key], "geometry": _parse_key(key)[1], "fingerprint": fingerprint,
+                                "sha256": sha256_file(final), **_file_stamp(final)}
+            rebuilt.append(f"cache/{key}.npz")
     assert records is not None
     t_decode = time.perf_counter() - t1
     # Caches built from other inputs would silently disagree with the new masks: remove them.
-    for size, path in available_caches(out).items():
-        entry = cache_state.get(str(size))
+    for key, path in all_caches(out).items():
+        entry = cache_state.get(key)
         if not entry or entry.get("fingerprint") != fingerprint:
             path.unlink(missing_ok=True)
-            cache_state.pop(str(size), None)
+            cache_state.pop(key, None)
     if progress:
         progress("write", 0, 1)
     t2 = time.perf_counter()
-    report, manifest = _findings(layout, plans, records, split_mode, seed, out, cache_state)
+    report, manifest = _findings(layout, plans, records, split_mode, seed, out, cache_state, ratios)
     report["timings_s"] = {
         "read_layout": round(t_read, 2), "decode": round(t_decode, 2),
         "split_and_write": round(time.perf_counter() - t2, 2), "total": round(time.perf_counter() - t0, 2),
@@ -682,7 +739,7 @@ def _prepare_layout(
     write_csv_atomic(out / "manifest.csv", manifest, MANIFEST_COLUMNS)
     write_json_atomic(out / "prepare_report.json", report)
     write_json_atomic(out / STATE_FILE, {
-        "data_version": DATA_VERSION, "fingerprint": fingerprint, "split": {"split_mode": split_mode, "seed": seed},
+        "data_version": DATA_VERSION, "fingerprint": fingerprint, "split": params,
         "caches": cache_state, "records": records,
     })
     if progress:
@@ -691,23 +748,25 @@ def _prepare_layout(
 
 
 def _compute_splits(
-    layout: Layout, ok_ids: list[str], labels: dict[str, int], group_of: dict[str, str], seed: int
+    layout: Layout, ok_ids: list[str], labels: dict[str, int], group_of: dict[str, str], seed: int,
+    ratios: tuple[float, float] = (TRAIN_RATIO, VAL_RATIO),
 ) -> dict[str, dict[str, str]]:
-    """Every split mode the archive allows: {mode: {image_id: split}} over ``ok_ids``."""
+    """Every split mode the archive allows: {mode: {image_id: split}} over ``ok_ids``
+    (``ratios`` = (train, val) for the seed and grouped modes)."""
     ok = set(ok_ids)
     modes: dict[str, dict[str, str]] = {}
     if all(r.fractured is not None for r in layout.rows):
-        full = seed_split([(r.image_id, int(r.fractured or 0)) for r in layout.rows], seed)
+        full = seed_split([(r.image_id, int(r.fractured or 0)) for r in layout.rows], seed, *ratios)
         modes["seed"] = {i: s for i, s in full.items() if i in ok}
     if layout.official_split:
         modes["official"] = official_split([(i, labels[i]) for i in ok_ids], layout.official_split, seed)
-    modes["grouped"] = grouped_split([(i, labels[i], group_of[i]) for i in ok_ids], seed)
+    modes["grouped"] = grouped_split([(i, labels[i], group_of[i]) for i in ok_ids], seed, *ratios)
     return modes
 
 
 def _findings(
     layout: Layout, plans: list[ImagePlan], records: dict[str, dict[str, Any]], split_mode: str, seed: int,
-    out: Path, cache_state: dict[str, Any],
+    out: Path, cache_state: dict[str, Any], ratios: tuple[float, float] = (TRAIN_RATIO, VAL_RATIO),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Labels, disagreements, duplicates and splits -> (report, manifest rows)."""
     from fxbench._version import __version__
@@ -736,7 +795,7 @@ def _findings(
     for g in mixed:
         warnings.add("duplicate_mixed_labels", ", ".join(g), "pixel-identical images with different labels")
 
-    modes = _compute_splits(layout, ok_ids, labels, group_of, seed)
+    modes = _compute_splits(layout, ok_ids, labels, group_of, seed, ratios)
     if split_mode not in modes:
         why = {"seed": "dataset.csv has rows without a 0/1 'fractured' value",
                "official": "the archive has no Utilities/Fracture Split/{train,valid,test}.csv"}[split_mode]
@@ -804,7 +863,7 @@ def _findings(
         "duplicate_groups_mixed_labels": mixed,
         "split_mode": split_mode,
         "seed": seed,
-        "split_ratios": {"train": TRAIN_RATIO, "val": VAL_RATIO, "test": round(1 - TRAIN_RATIO - VAL_RATIO, 2)},
+        "split_ratios": {"train": ratios[0], "val": ratios[1], "test": round(1 - ratios[0] - ratios[1], 6)},
         **summaries[split_mode],
         "split_modes": {m: {k: v for k, v in s.items() if k != "cross_split_duplicate_group_members"} for m, s in summaries.items()},
         "disagreements": disagreements,
@@ -813,7 +872,8 @@ def _findings(
         "warnings_count": len(warnings),
         "warnings_by_kind": dict(sorted(warnings.counts.items())),
         "warnings": warnings.items,
-        "caches": {k: {kk: vv for kk, vv in v.items() if kk != "mtime_ns"} | {"path": f"cache/{k}.npz"} for k, v in sorted(cache_state.items(), key=lambda kv: int(kv[0]))},
+        "caches": {k: {kk: vv for kk, vv in v.items() if kk != "mtime_ns"} | {"path": f"cache/{k}.npz", "geometry": _parse_key(k)[1]}
+                   for k, v in sorted(cache_state.items(), key=lambda kv: _sort_key(kv[0]))},
     }
     return report, manifest
 
@@ -833,6 +893,16 @@ def current_split(out: str | os.PathLike[str]) -> tuple[str, int] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return (mode, seed) if mode in SPLIT_MODES and isinstance(seed, int) else None
+
+
+def current_ratios(out: str | os.PathLike[str]) -> tuple[float, float] | None:
+    """(train, val) ratios a prepared folder's split was made with, or None."""
+    try:
+        report = json.loads((Path(out) / "prepare_report.json").read_text(encoding="utf-8"))
+        ratios = report["split_ratios"]
+        return float(ratios["train"]), float(ratios["val"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def open_prepared_source(prepared_dir: str | os.PathLike[str]) -> DatasetSource:

@@ -49,6 +49,12 @@ from fxbench.evaluate.metrics import (
     threshold_probs,
 )
 from fxbench.evaluate.native import crop_box, resize_bilinear, to_native
+from fxbench.evaluate.presence import (
+    DERIVED_PRESENCE,
+    mean_scores,
+    pred_area_scores,
+    with_derived_presence,
+)
 from fxbench.evaluate.rules import (
     COMPOSITE_METRICS,
     PRESENCE_ORDER,
@@ -74,6 +80,7 @@ __all__ = [
     "selection_keys",
     "with_composites",
     "DEFINITIONS_VERSION",
+    "DERIVED_PRESENCE",
     "HEADLINE_METRICS",
     "SUBGROUP_COLUMNS",
     "SUPPORTED_BOOTSTRAP_METRICS",
@@ -92,11 +99,13 @@ __all__ = [
     "evaluate_predictions",
     "expected_calibration_error",
     "match_lesions",
+    "mean_scores",
     "metadata_from_records",
     "paired_bootstrap_delta",
     "per_image_segmentation",
     "point_estimates",
     "precision_recall_curve",
+    "pred_area_scores",
     "presence_metrics",
     "remove_small_components",
     "resize_bilinear",
@@ -110,4 +119,5 @@ __all__ = [
     "subgroup_table",
     "threshold_probs",
     "to_native",
+    "with_derived_presence",
 ]

@@ -27,6 +27,7 @@ from fxbench.evaluate.metrics import (
     threshold_probs,
 )
 from fxbench.evaluate.native import to_native
+from fxbench.evaluate.presence import with_derived_presence
 from fxbench.evaluate.rules import resolve_presence_source
 from fxbench.evaluate.subgroups import subgroup_table
 from fxbench.predict.artifact import Predictions
@@ -122,6 +123,7 @@ def compute_per_image_stats(
     comparisons, subgroup tables and best/worst-case overlays (``stats.rows()``).
     """
     view = resolve_decision(decision)
+    pred = with_derived_presence(pred, view.threshold, view.min_component)
     source = resolve_presence_source(pred, view.presence_source)
     if resolution == "cache":
         stats = per_image_segmentation(pred.probs, pred.masks, view.threshold, view.min_component,
@@ -227,6 +229,8 @@ def evaluate_predictions(
         subgroups, metric_card, notes.
     """
     view = resolve_decision(decision)
+    # pred_area is scored at this decision's pixel threshold (it is never stored).
+    pred = with_derived_presence(pred, view.threshold, view.min_component)
     source = resolve_presence_source(pred, view.presence_source)
     stats = compute_per_image_stats(pred, view, resolution, native_masks_loader)
     seg = aggregate_segmentation(stats)

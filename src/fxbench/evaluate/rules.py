@@ -6,7 +6,8 @@ Defined once here and used by train's model selection, ``tune``, ``ensemble``, `
 different answers for the same artifact).
 
 * **Presence source** ``auto`` is the first of :data:`PRESENCE_ORDER` the predictions hold
-  (``head``, then ``blend``, ``max``, ``topk_mean``), else the alphabetically first source.
+  (``head``, then ``blend``, ``max``, ``topk_mean``, ``mean``, ``pred_area``), else the
+  alphabetically first source.
   A named source must be present: asking for ``head`` of a model without a head is an error,
   never a silent fall-back to ``max``.
 * **Composite metrics** (:data:`COMPOSITE_METRICS`) are sums of plain metrics, e.g.
@@ -24,8 +25,11 @@ from typing import Any
 
 from fxbench.errors import ConfigError, DataError
 
-#: Presence sources in the order ``auto`` (and tune, on exact ties) prefers them.
-PRESENCE_ORDER = ("head", "blend", "max", "topk_mean")
+#: Presence sources in the order ``auto`` (and tune, on exact ties) prefers them. ``mean`` and
+#: ``pred_area`` (:mod:`fxbench.evaluate.presence`) come last, so ``auto`` keeps its meaning.
+PRESENCE_ORDER = ("head", "blend", "max", "topk_mean", "mean", "pred_area")
+#: Sources computed from the map at a decision's pixel threshold, never stored in artifacts.
+DERIVED_PRESENCE = ("pred_area",)
 
 #: name -> the plain metrics it sums.
 COMPOSITE_METRICS: dict[str, tuple[str, ...]] = {
@@ -61,6 +65,9 @@ def resolve_presence_source(available: Any, requested: str | None) -> str:
             raise DataError("predictions carry no presence scores", "re-run `fxbench eval` to write them")
         return ordered[0]
     if requested not in sources:
+        if requested in DERIVED_PRESENCE:
+            raise ConfigError(f"presence source '{requested}' depends on a pixel threshold and is not stored",
+                              f"it is added where a decision is applied (tune, eval); here use one of: {', '.join(sources) or 'none'}")
         raise ConfigError(f"presence source '{requested}' is not in the predictions",
                           f"available: {', '.join(sources) or 'none'} (or auto)")
     return str(requested)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from fxbench.evaluate.presence import mean_scores
+
 View = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 
@@ -69,8 +71,9 @@ def predict_tensors(
 
     Returns probabilities float16 [N,S,S] (the artifact's precision, so training-time validation
     and ``eval`` threshold identical numbers; half the memory of float32) (0 outside each image's letterbox box, since those
-    pixels are padding, not anatomy) and presence scores {source: float32 [N]}: ``max`` and
-    ``topk_mean`` of the in-box probabilities, plus ``head`` when the model has a presence head.
+    pixels are padding, not anatomy) and presence scores {source: float32 [N]}: ``max``,
+    ``topk_mean`` and ``mean`` of the in-box probabilities (definitions:
+    :mod:`fxbench.evaluate.presence`), plus ``head`` when the model has a presence head.
     """
     device = torch.device(device)
     was_training = model.training
@@ -78,7 +81,7 @@ def predict_tensors(
     views = tta_views(tta)
     n, _, s, _ = images.shape
     probs = np.zeros((n, s, s), dtype=np.float16)
-    pres: dict[str, list[np.ndarray]] = {"max": [], "topk_mean": []}
+    pres: dict[str, list[np.ndarray]] = {"max": [], "topk_mean": [], "mean": []}
     head: list[np.ndarray] = []
     box_list = np.asarray(boxes).tolist()
     for start in range(0, n, batch_size):
@@ -100,6 +103,8 @@ def predict_tensors(
         k = max(1, int(round(flat.shape[1] * topk_frac)))
         pres["max"].append(flat.amax(1).cpu().numpy())
         pres["topk_mean"].append(flat.topk(k, dim=1).values.mean(1).cpu().numpy())
+        # From the stored float16 map, so it equals mean_scores() of the saved artifact exactly.
+        pres["mean"].append(mean_scores(probs[start : start + b], np.asarray(box_list[start : start + b])))
         if pres_logit is not None:
             hp = torch.sigmoid(pres_logit.float().reshape(len(views), b)).mean(0)
             head.append(hp.cpu().numpy())

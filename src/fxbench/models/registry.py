@@ -83,6 +83,19 @@ _REGISTRY: dict[str, ModelEntry] = {
 }
 
 
+#: The seed's model names (seed_spec 2.1, model.name) -> the fxbench registry name. Not
+#: accepted as aliases (one name per model); they make the did-you-mean exact.
+SEED_MODEL_NAMES = {
+    "simple_unet": "unet",
+    "simple_unet_dual_head": "unet_dual",
+    "simple_unet_dual": "unet_dual",
+    "deeplabv3_resnet50_dual_head": "deeplabv3_resnet50_dual",
+    "deeplabv3_resnet101_dual_head": "deeplabv3_resnet101_dual",
+}
+#: Models whose ``model.encoder`` is a timm name.
+TIMM_ENCODER_MODELS = ("timm_unet", "classifier")
+
+
 def list_models() -> list[str]:
     """Registry names, sorted."""
     return sorted(_REGISTRY)
@@ -93,13 +106,30 @@ def model_descriptions() -> dict[str, str]:
     return {name: _REGISTRY[name].description for name in list_models()}
 
 
-def _unknown_name_error(name: str) -> ConfigError:
+def suggest_model_name(name: str) -> str:
+    """``did you mean 'x'? `` for an unknown model name ('' when nothing is close)."""
+    if name in SEED_MODEL_NAMES:
+        return f"did you mean '{SEED_MODEL_NAMES[name]}'? (the seed's '{name}' is fxbench's '{SEED_MODEL_NAMES[name]}') "
     close = difflib.get_close_matches(name, list_models(), n=1, cutoff=0.5)
-    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _unknown_name_error(name: str) -> ConfigError:
     return ConfigError(
         f"model.name: unknown model '{name}'",
-        f"{hint}valid names: {', '.join(list_models())}",
+        f"{suggest_model_name(name)}valid names: {', '.join(list_models())}",
     )
+
+
+def check_registry_names(cfg: ModelConfig) -> None:
+    """Check ``model.name`` and, for timm-based models, ``model.encoder`` against the registries
+    (timm's is local: no network). Raises ``ConfigError`` with a did-you-mean."""
+    if cfg.name not in _REGISTRY:
+        raise _unknown_name_error(cfg.name)
+    if cfg.name in TIMM_ENCODER_MODELS:
+        from fxbench.models.timm_unet import _check_timm_name
+
+        _check_timm_name(cfg.encoder)
 
 
 def build_model(cfg: ModelConfig, in_channels: int) -> nn.Module:

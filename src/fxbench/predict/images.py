@@ -8,8 +8,8 @@ modality LUT (rescale) and the VOI LUT or window are applied, the result is scal
 over the VOI's output range (over the data range when the file has no VOI), and MONOCHROME1
 is inverted so that bone is bright, as in MONOCHROME2.
 
-The network input is made by :func:`network_input`: the prepare stage's letterbox
-(:func:`fxbench.data.cache.letterbox`) to the run's cache size, then, when the run trained at
+The network input is made by :func:`network_input`: the prepare stage's letterbox or stretch
+(:func:`fxbench.data.cache.to_cache_frame`, the run's ``data.resize``) to the run's cache size, then, when the run trained at
 another size, the same area resize :func:`fxbench.data.dataset.load_prepared` applies. A
 FracAtlas image given to ``fxbench predict`` therefore reaches the network bit for bit as it
 did in ``fxbench eval``. The way back to native size is :func:`fxbench.evaluate.native.to_native`,
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fxbench.data.cache import letterbox  # noqa: F401  (re-exported: the one letterbox rule)
+from fxbench.data.cache import letterbox, to_cache_frame  # noqa: F401  (re-exported: the one geometry rule)
 from fxbench.errors import DataError
 from fxbench.evaluate.native import to_native  # noqa: F401  (re-exported: the one way back)
 
@@ -186,15 +186,18 @@ def read_grey(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({err})") from err
 
 
-def network_input(grey: np.ndarray, image_size: int, cache_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def network_input(
+    grey: np.ndarray, image_size: int, cache_size: int | None = None, resize: str = "letterbox"
+) -> tuple[np.ndarray, np.ndarray]:
     """A native grey image -> (uint8 [S,S] network input, box (top, left, h, w) int32 [4]).
 
     The same two steps the run's training and ``fxbench eval`` data went through: the prepare
-    letterbox to ``cache_size`` (the cache the run read; default ``image_size``), then, if the
-    sizes differ, the area resize of :func:`fxbench.data.dataset.load_prepared`.
+    geometry ``resize`` (letterbox or stretch) to ``cache_size`` (the cache the run read;
+    default ``image_size``), then, if the sizes differ, the area resize of
+    :func:`fxbench.data.dataset.load_prepared`.
     """
     size = int(cache_size or image_size)
-    square, _, box = letterbox(np.ascontiguousarray(grey, dtype=np.uint8), None, size)
+    square, _, box = to_cache_frame(np.ascontiguousarray(grey, dtype=np.uint8), None, size, resize)
     boxes = np.asarray([box], dtype=np.int32)
     if size != image_size:
         import torch

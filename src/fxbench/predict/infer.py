@@ -76,7 +76,7 @@ def predict_split(
     amp = pick_amp(cfg.runtime.amp, dev)
     tta = tta or cfg.eval.tta
     prep = Path(prepared) if prepared else _run_prepared(run_dir, cfg)
-    data = load_prepared(prep, cfg.data.image_size, cfg.data.cache_size, splits=(split,))
+    data = load_prepared(prep, cfg.data.image_size, cfg.data.cache_size, splits=(split,), resize=cfg.data.resize)
     _check_split(run_dir, data.split_sha256)
     sd = data.splits[split]
     probs, pres = predict_tensors(
@@ -87,7 +87,7 @@ def predict_split(
     meta: dict[str, Any] = {
         "split": split, "tta": tta, "run": run_dir.name, "checkpoint": ckpt.name,
         "checkpoint_sha256": sha256_file(ckpt), "cache_sha256": data.cache_sha256,
-        "split_sha256": data.split_sha256, "image_size": cfg.data.image_size,
+        "split_sha256": data.split_sha256, "image_size": cfg.data.image_size, "resize": data.resize,
         "segments": bool(model.segments), "prepared": str(prep.resolve()),
     }
     pred = Predictions(

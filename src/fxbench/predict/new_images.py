@@ -131,10 +131,12 @@ def _run_cache_size(run_dir: Path, cfg: Any) -> int:
     """Edge of the cache the run was trained from (run.json ``cache``, e.g. ``512.npz``)."""
     info = Path(run_dir) / "run.json"
     if info.is_file():
+        from fxbench.data.cache import parse_cache_key
+
         name = str(read_json(info).get("cache") or "")
-        stem = name.split(".", 1)[0]
-        if stem.isdigit():
-            return int(stem)
+        parsed = parse_cache_key(name.removesuffix(".npz"))
+        if parsed is not None:
+            return parsed[0]
     return int(cfg.data.cache_size or cfg.data.image_size)
 
 
@@ -177,6 +179,7 @@ def predict_images(
     import torch
 
     from fxbench.evaluate.metrics import label_components
+    from fxbench.evaluate.presence import pred_area_scores
     from fxbench.evaluate.rules import resolve_presence_source
     from fxbench.models.inference import predict_tensors
     from fxbench.predict.images import collect_inputs, network_input, read_grey
@@ -197,7 +200,7 @@ def predict_images(
     threshold = float(dec["threshold"])
     pres_thr = float(dec["presence_threshold"])
     min_component = int(dec.get("min_component") or 0)
-    sources = ["max", "topk_mean"] + (["head"] if model.has_presence_head else [])
+    sources = ["max", "topk_mean", "mean", "pred_area"] + (["head"] if model.has_presence_head else [])
     try:
         source = resolve_presence_source(sources, str(dec.get("presence_source") or "auto"))
     except ConfigError as err:  # say it in predict's terms
@@ -228,6 +231,8 @@ def predict_images(
         boxes = np.stack([b[3] for b in batch])
         probs, pres = predict_tensors(model, squares, boxes, tta=tta, batch_size=len(batch), device=dev,
                                       amp_dtype=amp, topk_frac=cfg.eval.presence_topk_frac)
+        if source == "pred_area":
+            pres["pred_area"] = pred_area_scores(probs, boxes, threshold, min_component)
         for k, (path, grey, _, box) in enumerate(batch):
             mask = native_mask(probs[k], box, grey.shape, threshold, min_component)
             presence = float(pres[source][k])
@@ -253,7 +258,7 @@ def predict_images(
             if on_progress:
                 on_progress(done + len(errors), len(files))
             continue
-        square, box = network_input(grey, size, cache_size)
+        square, box = network_input(grey, size, cache_size, cfg.data.resize)
         pending.append((path, grey, square, box))
         if len(pending) >= BATCH:
             flush(pending)
@@ -266,7 +271,7 @@ def predict_images(
         "run": str(run_dir), "checkpoint": f"{which}.pt", "threshold": threshold, "min_component": min_component,
         "presence_source": source, "presence_threshold": pres_thr, "tta": tta,
         "decision_file": str(dec_file) if dec_file is not None else None,
-        "decision_source": dec.get("source"), "image_size": size, "cache_size": cache_size,
+        "decision_source": dec.get("source"), "image_size": size, "cache_size": cache_size, "resize": cfg.data.resize,
         "images": rows, "errors": errors,
     })
     write_csv_atomic(out_dir / "errors.csv", errors, ["file", "error"])

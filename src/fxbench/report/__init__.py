@@ -36,7 +36,9 @@ def _cache_images(pred: Any, prepared: Path | None, memo: dict[Path, Any]) -> An
     prep = prepared or (Path(pred.meta["prepared"]) if pred.meta.get("prepared") else None)
     if prep is None:
         return None
-    path = prep / "cache" / f"{pred.size}.npz"
+    from fxbench.data.cache import cache_filename
+
+    path = prep / "cache" / cache_filename(pred.size, str(pred.meta.get("resize") or "letterbox"))
     if not path.is_file():
         return None
     if path not in memo:

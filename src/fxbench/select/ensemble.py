@@ -1,9 +1,12 @@
 """``fxbench ensemble``: average saved predictions of N runs, choose on val, test once.
 
-The ensemble of runs r_1..r_M on a split is the arithmetic mean of their probability maps and
-of each presence score source they all have. One more source, ``mean_map_max`` (the maximum
-of the averaged map), is the seed's ensemble presence score. Members must be predictions of the
-same images from the same cache (ids, ground truth and cache/split hashes are checked).
+The ensemble of runs r_1..r_M on a split is the mean of their probability maps and of each
+presence score source they all have: the arithmetic mean (the seed's), or a weighted mean
+sum_m w_m p_m with weights w_m >= 0 summing to 1 -- given (``--weights``) or chosen on val over
+a small simplex grid (``--weight-step``) by the selection metric, and recorded in the decision.
+One more source, ``mean_map_max`` (the maximum of the averaged map), is the seed's ensemble
+presence score. Members must be predictions of the same images from the same cache (ids,
+ground truth and cache/split hashes are checked).
 
 The output folder has the layout of a run, so ``report`` and ``eval``'s seal treat it alike::
 
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fxbench.errors import DataError, ProtocolError, UsageError
-from fxbench.io import write_json_atomic
+from fxbench.io import write_csv_atomic, write_json_atomic
 from fxbench.select.decision import DECISION_FILE, Decision
 from fxbench.select.seal import (
     cache_scorer,
@@ -131,23 +134,75 @@ def common_meta(members: Sequence[Member], split: str, kind: str, name: str) -> 
     }
 
 
-def average_predictions(members: Sequence[Member], split: str, name: str = "ensemble") -> Predictions:
-    """Mean probability map and mean presence scores (sources every member has) of ``members``.
+def normalize_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    """Ensemble weights as float64 [n] summing to 1; None -> equal weights.
 
-    The mean is taken in float32 and stored as float16 like any artifact. ``mean_map_max`` (the
-    maximum of the mean map over pixels) is added as the seed's ensemble presence score.
+    Raises:
+        UsageError: wrong count, a negative or non-finite weight, or all weights 0.
+    """
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    w = np.asarray([float(v) for v in weights], dtype=np.float64)
+    if w.shape != (n,):
+        raise UsageError(f"{len(w)} weights for {n} runs", "give one --weights value per run, in the runs' order")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise UsageError(f"ensemble weights must be >= 0 and not all 0, got {list(w)}", "e.g. --weights 0.5,0.3,0.2")
+    return w / w.sum()
+
+
+def weight_grid(n: int, step: float) -> list[tuple[float, ...]]:
+    """Every weight vector of ``n`` members on the simplex lattice of ``step`` (weights k*step,
+    sum 1), equal weights first when they lie on it. ``step`` must divide 1 (0.5, 0.25, 0.1...)."""
+    k = round(1.0 / step) if step > 0 else 0
+    if k < 1 or abs(k * step - 1.0) > 1e-9:
+        raise UsageError(f"--weight-step {step} must divide 1 (e.g. 0.5, 0.25, 0.1)")
+    points: list[tuple[float, ...]] = []
+
+    def rec(prefix: list[int], left: int) -> None:
+        if len(prefix) == n - 1:
+            points.append(tuple(round(c / k, 6) for c in [*prefix, left]))
+            return
+        for c in range(left, -1, -1):
+            rec([*prefix, c], left - c)
+
+    rec([], k)
+    if len(points) > 2000:
+        raise UsageError(f"{len(points)} weight vectors for {n} runs at step {step}", "use a coarser --weight-step")
+    equal = tuple(round(1.0 / n, 6) for _ in range(n))
+    return sorted(points, key=lambda p: p != equal)
+
+
+def average_predictions(
+    members: Sequence[Member], split: str, name: str = "ensemble", weights: Sequence[float] | None = None
+) -> Predictions:
+    """(Weighted) mean probability map and presence scores (sources every member has) of ``members``.
+
+    ``weights`` (one per member, >= 0; normalised to sum 1; default equal) give
+    ``sum_m w_m * p_m``. The mean is taken in float32 and stored as float16 like any artifact.
+    ``mean_map_max`` (the maximum of the mean map over pixels) is added as the seed's ensemble
+    presence score.
     """
     from fxbench.predict.artifact import Predictions
 
     if not members:
         raise UsageError("an ensemble needs at least one run")
     check_compatible(members)
+    w = normalize_weights(weights, len(members))
     acc = np.zeros(members[0].pred.probs.shape, dtype=np.float32)
-    for m in members:
-        acc += m.pred.probs  # float16 -> float32 accumulation, one member at a time (memory)
-    acc /= len(members)
     common = set.intersection(*(set(m.pred.presence) for m in members))
-    presence = {s: np.mean([m.pred.presence[s] for m in members], axis=0) for s in sorted(common)}
+    if weights is None:  # the seed's arithmetic mean (kept bit for bit)
+        for m in members:
+            acc += m.pred.probs  # float16 -> float32 accumulation, one member at a time (memory)
+        acc /= len(members)
+        presence = {s: np.mean([m.pred.presence[s] for m in members], axis=0) for s in sorted(common)}
+    else:
+        for m, wm in zip(members, w, strict=True):
+            if wm > 0:
+                acc += np.float32(wm) * m.pred.probs.astype(np.float32)
+        presence = {
+            s: np.sum([wm * m.pred.presence[s].astype(np.float64) for m, wm in zip(members, w, strict=True)], axis=0)
+            for s in sorted(common)
+        }
     ref = members[0].pred
     probs16 = acc.astype(np.float16)
     presence["mean_map_max"] = probs16.reshape(len(probs16), -1).max(axis=1).astype(np.float32)
@@ -246,6 +301,30 @@ def run_test_once(
     )
 
 
+def choose_weights(
+    members: Sequence[Member], step: float, tune_kw: dict[str, Any]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Weights on :func:`weight_grid` with the best val selection score (each point is tuned
+    as the final ensemble is). Returns (weights [M], one row per grid point)."""
+    from fxbench.select.tune import tune_predictions
+
+    names = [m.name for m in members]
+    equal = np.full(len(members), 1.0 / len(members))
+    rows: list[dict[str, Any]] = []
+    best: tuple[float, float] | None = None
+    best_w = equal
+    for point in weight_grid(len(members), step):
+        pred = average_predictions(members, "val", "weights", point)
+        res = tune_predictions(pred, val_sha256=None, **tune_kw)
+        score = float(res.best["selection_score"])
+        rows.append({**{f"w_{n}": v for n, v in zip(names, point, strict=True)},
+                     "threshold": res.decision.threshold, "selection_score": score})
+        key = (-np.inf if np.isnan(score) else score, -float(np.abs(np.asarray(point) - equal).sum()))
+        if best is None or key > best:
+            best, best_w = key, np.asarray(point, dtype=np.float64)
+    return best_w, rows
+
+
 # --------------------------------------------------------------------------------------
 # the verb
 
@@ -262,8 +341,15 @@ def run_ensemble(
     seed: int = 0,
     test: bool = True,
     command: str | Sequence[str] = "fxbench ensemble",
+    weights: Sequence[float] | None = None,
+    weight_step: float | None = None,
 ) -> dict[str, Any]:
     """Build the ensemble of ``run_dirs`` into ``out_dir``: val mean -> tune -> (test once).
+
+    ``weights``: fixed member weights (normalised); ``weight_step``: choose the weights on val
+    over :func:`weight_grid` instead, by the tune selection score (ties: the grid point nearest
+    equal weights, then grid order); the grid is written to ``DIR/tune/weights.csv``. Neither:
+    the arithmetic mean. The weights are recorded in the decision (``weights``, ``weight_rule``).
 
     Returns a summary dict: out, decision, val (metrics), test (metrics or None), members.
 
@@ -282,24 +368,36 @@ def run_ensemble(
         raise UsageError("--out must be a new folder, not one of the member runs")
     guard_test_once(out)
 
+    if weights is not None and weight_step is not None:
+        raise UsageError("--weights and --weight-step exclude each other", "fix the weights, or let val choose them")
     val_members = [load_member(r, "val") for r in runs]
-    val = average_predictions(val_members, "val", out.name)
+    names = [m.name for m in val_members]
+    tune_kw: dict[str, Any] = dict(metric=metric, thresholds=thresholds, min_components=min_components,
+                                   presence_rule=presence_rule)
+    if weight_step is not None:
+        w, weight_rows = choose_weights(val_members, weight_step, tune_kw)
+        write_csv_atomic(out / "tune" / "weights.csv", weight_rows, list(weight_rows[0]))
+        rule = f"val grid, step {weight_step:g}, by {metric}"
+    elif weights is not None:
+        w, rule = normalize_weights(weights, len(runs)), "user-fixed"
+    else:
+        w, rule = None, "equal"
+    chosen = None if w is None else [float(v) for v in w]
+    val = average_predictions(val_members, "val", out.name, chosen)
     val_path = save_predictions(out / "predictions" / "val.npz", val)
+    weight_info = {"weights": dict(zip(names, chosen or [round(1 / len(names), 6)] * len(names), strict=True)),
+                   "weight_rule": rule}
     result = tune_predictions(
-        val,
-        val_sha256=predictions_sha256(val_path),
-        metric=metric,
-        thresholds=thresholds,
-        min_components=min_components,
-        presence_rule=presence_rule,
-        extra={"kind": "ensemble", "members": [m.name for m in val_members],
+        val, val_sha256=predictions_sha256(val_path), **tune_kw,
+        extra={"kind": "ensemble", "members": names, **weight_info,
                "member_runs": [member_identity(m) for m in val_members]},
     )
     write_tune_outputs(out, result)
     members_doc: dict[str, Any] = {
         "kind": "ensemble",
-        "rule": "mean of probability maps and of each common presence source",
+        "rule": ("mean" if w is None else "weighted mean") + " of probability maps and of each common presence source",
         "members": [m.record() for m in val_members],
+        **weight_info,
     }
     write_json_atomic(out / "members.json", members_doc)
     extra = {"kind": "ensemble", "members": [m.name for m in val_members]}
@@ -316,7 +414,7 @@ def run_ensemble(
                 )
         members_doc["test_members"] = [m.record() for m in test_members]
         write_json_atomic(out / "members.json", members_doc)
-        test_pred = average_predictions(test_members, "test", out.name)
+        test_pred = average_predictions(test_members, "test", out.name, chosen)
         test_metrics = run_test_once(out, test_pred, bootstrap=bootstrap, seed=seed, command=command,
                                      members=runs, kind="ensemble", extra=extra)
     return {

@@ -62,12 +62,12 @@ def _stem(image_id: str) -> str:
     return Path(image_id).stem
 
 
-def _pick_cache(prepared_dir: Path, cache_size: int | None) -> Path:
+def _pick_cache(prepared_dir: Path, cache_size: int | None, resize: str = "letterbox") -> Path:
     from fxbench.data.cache import available_caches
 
-    caches = available_caches(prepared_dir)
+    caches = available_caches(prepared_dir, resize)
     if not caches:
-        raise DataError(f"no cache in {prepared_dir / 'cache'}", "run `fxbench prepare --cache-size S`")
+        raise DataError(f"no {resize} cache in {prepared_dir / 'cache'}", f"run `fxbench prepare --resize {resize} --cache-size S`")
     if cache_size is None:
         return next(iter(caches.values()))  # the smallest: the usual scoring resolution
     if cache_size not in caches:
@@ -131,17 +131,19 @@ def masks_to_predictions(
     *,
     cache_size: int | None = None,
     allow_missing: bool = False,
+    resize: str = "letterbox",
 ) -> Predictions:
     """Build a predictions artifact (probabilities 0/1 at cache resolution) from mask PNGs.
 
     A mask ``pred_dir/<stem>.png`` may be native size (H, W after EXIF transpose) or the
-    cache's S x S letterboxed square; any non-zero pixel is fracture.
+    cache's S x S square (``resize``: letterbox or stretch, the cache's geometry); any
+    non-zero pixel is fracture.
 
     Raises:
         DataError: missing masks (unless ``allow_missing``: then empty and listed in meta),
             a mask of another size, or presence scores missing for some images.
     """
-    from fxbench.data.cache import letterbox, load_cache
+    from fxbench.data.cache import load_cache, to_cache_frame
     from fxbench.predict.artifact import Predictions
 
     if split not in SPLITS:
@@ -152,7 +154,7 @@ def masks_to_predictions(
     ids = sorted(r["image_id"] for r in read_manifest(prep) if r["split"] == split)
     if not ids:
         raise DataError(f"split '{split}' of {prep} has no images")
-    cache_path = _pick_cache(prep, cache_size)
+    cache_path = _pick_cache(prep, cache_size, resize)
     cache = load_cache(cache_path)
     pos = {i: k for k, i in enumerate(cache.image_ids)}
     missing_cache = [i for i in ids if i not in pos]
@@ -173,7 +175,7 @@ def masks_to_predictions(
         top, left, bh, bw = (int(v) for v in cache.boxes[k])
         if mask.shape == (h, w):
             # The ground-truth rule: >= 50% coverage, a non-empty mask keeps at least one pixel.
-            _, small, _ = letterbox(np.zeros((h, w), np.uint8), mask, size)
+            _, small, _ = to_cache_frame(np.zeros((h, w), np.uint8), mask, size, cache.geometry)
             area[n] = float(mask.mean())
         elif mask.shape == (size, size):
             small = mask.astype(np.uint8)
@@ -202,6 +204,7 @@ def masks_to_predictions(
         presence=presence, labels=masks.reshape(len(ids), -1).any(axis=1), meta={
             "split": split, "tta": "none", "run": pred_dir.name, "kind": "peer", "source_dir": str(pred_dir.resolve()),
             "cache_sha256": cache.sha256, "split_sha256": _split_sha256(prep), "prepared": str(prep.resolve()),
+            "resize": cache.geometry,
             "missing_predictions": [_stem(m) for m in missing],
         },
     )

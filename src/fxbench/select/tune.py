@@ -5,18 +5,21 @@ What is chosen, and how:
 * **Pixel threshold** (grid 0.05..0.95 step 0.05 by default, the seed's grid) and optionally a
   **minimum component size**: the grid point with the strictly highest selection metric wins
   (first in grid order on ties: lower threshold, then smaller min_component), as in the seed.
-* **Presence source**: among the sources the artifact holds (``head``, ``max``, ``topk_mean``...),
-  the one with the highest val ROC AUC (ties: higher AP, then the order head, max, topk_mean).
-  AUC is threshold-free, so the source is chosen before its threshold.
+* **Presence source**: among the sources the artifact holds (``head``, ``max``, ``topk_mean``,
+  ``mean``...) and ``pred_area`` (the share of pixels >= the chosen pixel threshold, the seed's
+  mode), the one with the highest val ROC AUC (ties: higher AP, then the order head, max,
+  topk_mean, mean, pred_area). Stored sources are threshold-free, so they are chosen before
+  their threshold; pred_area is scored at the chosen pixel operating point.
 * **Presence threshold**: by default the score that maximises **F1** on val (``presence_rule
   = "f1"``), because presence is reported with precision/recall at that threshold and F1 is the
   seed's image-level summary; ``"youden"`` (max TPR - FPR) is available for a prevalence-free
   operating point. Either way it is frozen with the rest and never re-chosen on test.
 
 Selection metrics: ``dice_pos`` (default), ``iou_pos``, ``dice``, ``iou`` and
-``auc_plus_dice_pos``. Pixel and presence parameters are separable (presence scores do not
-depend on the pixel threshold), so ``auc_plus_dice_pos`` is maximised by the best pixel grid
-point plus the best presence source; its value is reported as their sum.
+``auc_plus_dice_pos``. Pixel and presence parameters are separable for the stored sources
+(they do not depend on the pixel threshold), so ``auc_plus_dice_pos`` is maximised by the best
+pixel grid point plus the best presence source; with ``pred_area`` a candidate, each grid point
+is scored with its own pred_area AUC. The value is reported as the sum.
 
 Speed: the whole threshold grid is scored from one pass over the pixels. Each fp16 probability
 is mapped to its grid bin with a lookup table, per-image histograms of all pixels and of
@@ -387,9 +390,8 @@ def tune_predictions(
     if any(m < 0 for m in mcs):
         raise UsageError("--min-component values must be >= 0")
     grid = seg_grid(pred.probs, pred.masks, thr, mcs)
-    pres_rows = presence_table(pred, presence_sources, presence_rule)
+    best, pres_rows = _choose_point(pred, grid, metric, presence_sources, presence_rule)
     pres = best_presence(pres_rows)
-    best = select_grid_row(grid, metric, presence=pres)
     warnings = tuning_warnings(grid, best)
     decision = Decision(
         threshold=float(best["threshold"]),
@@ -411,6 +413,48 @@ def tune_predictions(
     )
     check_against_evaluate(pred, decision, best)
     return TuneResult(decision=decision, grid=grid, presence=pres_rows, best=best)
+
+
+def _choose_point(
+    pred: Predictions, grid: list[dict[str, Any]], metric: str, sources: Sequence[str] | None, rule: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The grid row and the presence table (the best source is then :func:`best_presence`).
+
+    Stored sources are threshold-free. ``pred_area`` (a candidate unless ``sources`` leaves it
+    out) is scored at the chosen row's threshold and min_component; for ``auc_plus_dice_pos``
+    every row is tried with its own pred_area, since only then does presence depend on the row.
+    """
+    from fxbench.evaluate.presence import DERIVED_PRESENCE, with_derived_presence
+
+    wants_area = sources is None or "pred_area" in sources
+    fixed = None if sources is None else [s for s in sources if s not in DERIVED_PRESENCE]
+    fixed_rows = presence_table(pred, fixed, rule) if fixed is None or fixed else []
+
+    def area_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+        derived = with_derived_presence(pred, float(row["threshold"]), int(row["min_component"]))
+        return presence_table(derived, ["pred_area"], rule)
+
+    if metric != "auc_plus_dice_pos":
+        best = select_grid_row(grid, metric)
+        return best, fixed_rows + (area_rows(best) if wants_area else [])
+    if not wants_area:
+        return select_grid_row(grid, metric, presence=best_presence(fixed_rows)), fixed_rows
+    from fxbench.evaluate.rules import metric_value
+
+    scored = []
+    for row in grid:  # presence now depends on the row: score each row with its own pred_area
+        rows = fixed_rows + area_rows(row)
+        scored.append((row, rows, metric_value(metric, {**best_presence(rows), **row})))
+    best_row, best_rows, best_score = scored[0]
+    for row, rows, score in scored[1:]:
+        if _key(score) > _key(best_score):
+            best_row, best_rows, best_score = row, rows, score
+    tied = [
+        {"threshold": float(r["threshold"]), "min_component": int(r["min_component"])}
+        for r, _, score in scored
+        if not math.isnan(best_score) and not math.isnan(score) and math.isclose(score, best_score, rel_tol=0, abs_tol=1e-12)
+    ]
+    return {**best_row, "selection_metric": metric, "selection_score": best_score, "tied": tied}, best_rows
 
 
 def check_against_evaluate(pred: Predictions, decision: Decision, best: dict[str, Any]) -> None:

@@ -194,7 +194,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
         prep = cfg.data.prepared or prepared_dir()
-        self.data = load_prepared(prep, cfg.data.image_size, cfg.data.cache_size, splits=("train", "val"))
+        self.data = load_prepared(
+            prep, cfg.data.image_size, cfg.data.cache_size, splits=("train", "val"), resize=cfg.data.resize
+        )
         check_selection_metric(cfg.train.selection_metric, self.data.splits["val"].labels)
         train = self.data.splits["train"]
         on_gpu = self.device.type == "cuda"
@@ -296,6 +298,10 @@ class Trainer:
         )
         masks = val.masks[:, 0].numpy().astype(bool)
         seg = segmentation_metrics(probs, masks, ev.threshold, ev.min_component)
+        if ev.presence_source == "pred_area":  # depends on the pixel threshold: never produced by inference
+            from fxbench.evaluate import pred_area_scores
+
+            pres["pred_area"] = pred_area_scores(probs, val.boxes, ev.threshold, ev.min_component)
         source = resolve_presence_source(pres, ev.presence_source)
         prm = presence_metrics(pres[source], val.labels, ev.presence_threshold)
         out = {k: float(v) for k, v in {**seg, **prm}.items() if isinstance(v, (int, float, np.floating, np.integer))}

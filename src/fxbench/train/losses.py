@@ -115,6 +115,11 @@ def presence_from_masks(mask_logits: torch.Tensor, source: str, topk_frac: float
     return flat.topk(k, dim=1).values.mean(1)
 
 
+def smooth_labels(target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """The seed classifier's label smoothing: ``target * (1 - s) + 0.5 * s`` (0/1 -> s/2, 1 - s/2)."""
+    return target if smoothing <= 0 else target * (1.0 - smoothing) + 0.5 * smoothing
+
+
 class SegmentationLoss:
     """Weighted sum of the configured pixel losses plus the warmed-up presence BCE.
 
@@ -211,7 +216,7 @@ class SegmentationLoss:
         weight = self.presence_weight_at(epoch)
         if weight > 0:
             image_logit = self.presence_logit(logits, presence_logit)
-            image_target = (target.amax(dim=(1, 2, 3)) > 0).float()
+            image_target = smooth_labels((target.amax(dim=(1, 2, 3)) > 0).float(), cfg.presence_label_smoothing)
             terms["presence"] = F.binary_cross_entropy_with_logits(image_logit, image_target)
             total = total + weight * terms["presence"]
         if not detailed:
