@@ -157,3 +157,15 @@ def test_config_resize_key_and_seed_examples_use_stretch() -> None:
     seed_configs = ["seed_baseline_unet.yaml", "presence_aux_unet.yaml", "dual_head_unet.yaml", "dual_head_dg_aug.yaml"]
     for name in seed_configs:
         assert load_config(root / name).data.resize == "stretch", name
+
+
+def test_peer_masks_are_brought_into_the_stretch_frame(both: Path, tmp_path: Path) -> None:
+    from fxbench.select.peers import masks_to_predictions
+
+    only_stretch = tmp_path / "prep"
+    shutil.copytree(both, only_stretch)
+    (only_stretch / "cache" / "64.npz").unlink()
+    # the ground truth itself as a peer's native-size masks: it must score perfectly
+    pred = masks_to_predictions(only_stretch / "masks", only_stretch, "val")
+    assert pred.meta["resize"] == "stretch" and (pred.boxes == np.array([0, 0, 64, 64])).all()
+    np.testing.assert_array_equal(pred.probs > 0.5, pred.masks > 0)

@@ -62,9 +62,14 @@ def _stem(image_id: str) -> str:
     return Path(image_id).stem
 
 
-def _pick_cache(prepared_dir: Path, cache_size: int | None, resize: str = "letterbox") -> Path:
+def _pick_cache(prepared_dir: Path, cache_size: int | None, resize: str | None = None) -> Path:
+    """The cache to score in; ``resize`` None = letterbox, or stretch when the folder has only
+    stretch caches (the geometry used is recorded in the artifact's meta)."""
     from fxbench.data.cache import available_caches
 
+    if resize is None:
+        resize = "letterbox" if available_caches(prepared_dir, "letterbox") or not available_caches(
+            prepared_dir, "stretch") else "stretch"
     caches = available_caches(prepared_dir, resize)
     if not caches:
         raise DataError(f"no {resize} cache in {prepared_dir / 'cache'}", f"run `fxbench prepare --resize {resize} --cache-size S`")
@@ -131,12 +136,13 @@ def masks_to_predictions(
     *,
     cache_size: int | None = None,
     allow_missing: bool = False,
-    resize: str = "letterbox",
+    resize: str | None = None,
 ) -> Predictions:
     """Build a predictions artifact (probabilities 0/1 at cache resolution) from mask PNGs.
 
     A mask ``pred_dir/<stem>.png`` may be native size (H, W after EXIF transpose) or the
-    cache's S x S square (``resize``: letterbox or stretch, the cache's geometry); any
+    cache's S x S square (``resize``: letterbox or stretch, the cache's geometry; default
+    letterbox, or stretch when the folder has only stretch caches); any
     non-zero pixel is fracture.
 
     Raises:
