@@ -404,23 +404,46 @@ def parse_vgg(data: bytes, where: str, warnings: Warnings) -> dict[str, list[lis
 
 def parse_voc(data: bytes, where: str, warnings: Warnings) -> int | None:
     """Number of <object> boxes in a PASCAL VOC file, None when unreadable."""
+    boxes = parse_voc_boxes(data, where, warnings)
+    return None if boxes is None else len(boxes)
+
+
+def parse_voc_boxes(data: bytes, where: str, warnings: Warnings) -> list[tuple[float, float, float, float] | None] | None:
+    """Boxes ``(xmin, ymin, xmax, ymax)`` in pixels of a PASCAL VOC file (one entry per
+    <object>, None for an object without a readable <bndbox>); None when the file is unreadable.
+    """
     try:
         # Expat refuses external entities and (>= 2.4) entity-expansion bombs.
         root = ElementTree.fromstring(data)
     except ElementTree.ParseError as err:
         warnings.add("voc_invalid", where, f"not valid XML ({err}); ignored")
         return None
-    return len(root.findall("object"))
+    boxes: list[tuple[float, float, float, float] | None] = []
+    for obj in root.findall("object"):
+        try:
+            bb = obj.find("bndbox")
+            values = tuple(float((bb.findtext(k) if bb is not None else None) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError:
+            values = (math.nan,) * 4
+        boxes.append(values if all(math.isfinite(v) for v in values) else None)  # type: ignore[arg-type]
+    return boxes
 
 
 def parse_yolo(data: bytes, where: str, warnings: Warnings) -> int | None:
     """Number of boxes in a YOLO label file (``class cx cy w h`` lines), None when unreadable."""
+    boxes = parse_yolo_boxes(data, where, warnings)
+    return None if boxes is None else len(boxes)
+
+
+def parse_yolo_boxes(data: bytes, where: str, warnings: Warnings) -> list[tuple[float, float, float, float]] | None:
+    """Boxes ``(cx, cy, w, h)``, normalised by the image size, of a YOLO label file; bad lines
+    are skipped with a warning; None when the file is not UTF-8 text."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         warnings.add("yolo_invalid", where, "not UTF-8 text; ignored")
         return None
-    count = 0
+    boxes: list[tuple[float, float, float, float]] = []
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
@@ -433,8 +456,8 @@ def parse_yolo(data: bytes, where: str, warnings: Warnings) -> int | None:
         if len(values) < 5 or not all(math.isfinite(v) for v in values):
             warnings.add("yolo_bad_line", f"{where} line {n}", "needs class cx cy w h; line skipped")
             continue
-        count += 1
-    return count
+        boxes.append((values[1], values[2], values[3], values[4]))
+    return boxes
 
 
 # --------------------------------------------------------------------------------------
@@ -455,6 +478,9 @@ class Layout:
     official_split: dict[str, str] | None  # image_id -> train/val/test (positives only)
     files_found: dict[str, str]  # which annotation file each source came from
     warnings: Warnings
+    # source -> file stem -> boxes as written: yolo (cx, cy, w, h) normalised, voc (xmin, ymin,
+    # xmax, ymax) pixels (None: an object without a readable box)
+    box_coords: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
 
 def _first(files: list[str], predicate: Any) -> str | None:
@@ -541,12 +567,14 @@ def read_layout(path: str | os.PathLike[str]) -> Layout:
             f"{src.path}: no usable polygon annotations (looked for Annotations/COCO JSON/*.json and Annotations/VGG JSON/*.json)",
             "use the complete FracAtlas archive",
         )
-    boxes = _read_boxes(src, files, warnings, found)
+    coords: dict[str, dict[str, list[Any]]] = {}
+    boxes = _read_boxes(src, files, warnings, found, coords)
     official = _read_official_split(src, files, warnings)
-    return Layout(src, rows, images, folders, polygons, boxes, declared, official, found, warnings)
+    return Layout(src, rows, images, folders, polygons, boxes, declared, official, found, warnings, coords)
 
 
-def _read_boxes(src: DatasetSource, files: list[str], warnings: Warnings, found: dict[str, str]) -> dict[str, dict[str, int]]:
+def _read_boxes(src: DatasetSource, files: list[str], warnings: Warnings, found: dict[str, str],
+                coords: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, int]]:
     boxes: dict[str, dict[str, int]] = {}
     for rel in files:
         low = rel.lower()
@@ -554,15 +582,16 @@ def _read_boxes(src: DatasetSource, files: list[str], warnings: Warnings, found:
             continue
         stem = posixpath.splitext(posixpath.basename(rel))[0]
         if low.endswith(".xml") and ("voc" in low or "pascal" in low):
-            count = parse_voc(src.read_bytes(rel), src.describe(rel), warnings)
+            parsed: list[Any] | None = parse_voc_boxes(src.read_bytes(rel), src.describe(rel), warnings)
             kind = "voc"
         elif low.endswith(".txt") and "yolo" in low and posixpath.basename(low) not in ("labels.txt", "classes.txt"):
-            count = parse_yolo(src.read_bytes(rel), src.describe(rel), warnings)
+            parsed = parse_yolo_boxes(src.read_bytes(rel), src.describe(rel), warnings)
             kind = "yolo"
         else:
             continue
-        if count is not None:
-            boxes.setdefault(kind, {})[stem] = count
+        if parsed is not None:
+            boxes.setdefault(kind, {})[stem] = len(parsed)
+            coords.setdefault(kind, {})[stem] = parsed
             found.setdefault(kind, posixpath.dirname(rel) + "/")
     return boxes
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from fxbench.data.boxes import BOXES_FILE, boxes_document, boxes_summary, image_boxes
 from fxbench.data.cache import (
     CACHE_FORMATS,
     GEOMETRIES,
@@ -696,7 +697,8 @@ def _prepare_layout(
     if ratios != (TRAIN_RATIO, VAL_RATIO):  # only then: folders prepared before the option stay up to date
         params["ratios"] = list(ratios)
     if (not need_masks and not need and state and state.get("split") == params
-            and (out / "manifest.csv").is_file() and (out / "prepare_report.json").is_file()):
+            and (out / "manifest.csv").is_file() and (out / "prepare_report.json").is_file()
+            and (out / BOXES_FILE).is_file()):
         report = json.loads((out / "prepare_report.json").read_text(encoding="utf-8"))
         return PrepareResult(out, report, skipped=True)
 
@@ -730,6 +732,7 @@ def _prepare_layout(
         progress("write", 0, 1)
     t2 = time.perf_counter()
     report, manifest = _findings(layout, plans, records, split_mode, seed, out, cache_state, ratios)
+    boxes_doc = _gt_boxes(layout, plans, records, report)
     report["timings_s"] = {
         "read_layout": round(t_read, 2), "decode": round(t_decode, 2),
         "split_and_write": round(time.perf_counter() - t2, 2), "total": round(time.perf_counter() - t0, 2),
@@ -737,6 +740,7 @@ def _prepare_layout(
     report["workers"] = n_workers
     report["rebuilt"] = rebuilt
     write_csv_atomic(out / "manifest.csv", manifest, MANIFEST_COLUMNS)
+    write_json_atomic(out / BOXES_FILE, boxes_doc)
     write_json_atomic(out / "prepare_report.json", report)
     write_json_atomic(out / STATE_FILE, {
         "data_version": DATA_VERSION, "fingerprint": fingerprint, "split": params,
@@ -745,6 +749,18 @@ def _prepare_layout(
     if progress:
         progress("write", 1, 1)
     return PrepareResult(out, report, skipped=False, rebuilt=rebuilt)
+
+
+def _gt_boxes(layout: Layout, plans: list[ImagePlan], records: dict[str, dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
+    """Ground-truth boxes of every decoded image (fxbench.data.boxes); adds ``gt_boxes`` and
+    ``box_disagreements`` to ``report`` and returns the body of ``boxes.json``."""
+    per_image = {
+        p.image_id: image_boxes(Path(p.image_id).stem, layout.box_coords, p.fractures,
+                                records[p.image_id]["width"], records[p.image_id]["height"])
+        for p in plans if not records[p.image_id].get("error")
+    }
+    report["gt_boxes"], report["box_disagreements"] = boxes_summary(per_image)
+    return boxes_document(per_image)
 
 
 def _compute_splits(
