@@ -21,6 +21,13 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert metrics["decision_source"] == "tune"
     assert len((run / "test_access.log").read_text().splitlines()) == 1
     assert (out / "report" / "leaderboard.md").is_file()
+    # Box metrics (issue 16): components of the test maps scored as boxes, in the JSON and the report.
+    boxes = metrics["boxes"]
+    assert {"box_ap50", "box_ap50_95", "froc_mean", "box_ap50_ci95"} <= set(boxes)
+    assert boxes["n_gt_boxes"] > 0 and 0.0 <= boxes["box_ap50"] <= 1.0
+    report_md = (out / "report" / "report.md").read_text()
+    assert "## Boxes (detection)" in report_md and f"{boxes['box_ap50']:.3f}" in report_md
+    assert "box_ap50" in result.output
     _recompute_independently(run, metrics)
     assert "dice_pos" in result.output
     # A val evaluation may pick any TTA; the stale decision then no longer opens the test split.

@@ -256,6 +256,8 @@ class EvalConfig(_Section):
     bootstrap: int = Field(2000, ge=0, description="Stratified bootstrap resamples for CIs (0 = off).")
     bootstrap_seed: int = 0
     resolution: Literal["cache", "native"] = Field("cache", description="Score at cache resolution (seed) or native size.")
+    boxes: bool = Field(True, description="Also score boxes (COCO AP, FROC) from the components at native size, when PREP/boxes.json exists.")
+    box_score: Literal["max", "mean"] = Field("max", description="Score of a predicted box: max or mean probability of its component (compare on val).")
 
 
 class RuntimeConfig(_Section):

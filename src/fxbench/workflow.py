@@ -105,6 +105,7 @@ def evaluate_run(
             seed=cfg.eval.bootstrap_seed, subgroups=subgroup_arrays(run_dir, pred.image_ids, prepared),
             resolution=resolution or cfg.eval.resolution,
             native_masks_loader=_native_loader(run_dir, cfg, prepared),
+            gt_boxes=_gt_boxes(run_dir, cfg, prepared) if cfg.eval.boxes else None, box_score=cfg.eval.box_score,
         )
         metrics.update(split=split, run=run_dir.name, tta=decision["tta"], decision_source=decision.get("source"),
                        predictions_sha256=sha256_file(art), checkpoint=ckpt_name)
@@ -154,6 +155,14 @@ def _choose_tta(requested: str | None, decided: str | None, default: str) -> str
     if decided and tta != decided:
         raise UsageError(f"--tta {tta} differs from the decision's tta {decided}", "drop --tta; the decision fixes it")
     return tta
+
+
+def _gt_boxes(run_dir: Path, cfg: Config, prepared: Path | None) -> Any:
+    """The prepared folder's ground-truth boxes (None for a folder prepared before boxes.json)."""
+    from fxbench.data.boxes import read_gt_boxes
+    from fxbench.predict.infer import _run_prepared
+
+    return read_gt_boxes(Path(prepared) if prepared else _run_prepared(run_dir, cfg))
 
 
 def _native_loader(run_dir: Path, cfg: Config, prepared: Path | None) -> Callable[[str], Any]:

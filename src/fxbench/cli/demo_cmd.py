@@ -27,7 +27,7 @@ def demo(
     """Run the full benchmark protocol on a small synthetic archive and print the results."""
     import shutil
 
-    from fxbench.cli.eval_cmds import metrics_table
+    from fxbench.cli.eval_cmds import box_table, metrics_table
     from fxbench.config import load_config
     from fxbench.data.prepare import prepare
     from fxbench.data.synthetic import make_synthetic_archive
@@ -82,6 +82,9 @@ def demo(
     step(f"fxbench report {run} --out {report_dir}")
     build_report([run], report_dir)
     out.print(metrics_table(metrics, f"demo test results (sealed, {metrics.get('test_accesses')} test access)"))
+    boxes = box_table(metrics, "demo test results")
+    if boxes is not None:
+        out.print(boxes)
     console.print(f"done in {time.perf_counter() - t0:.0f} s. Run folder: {run}; report: {report_dir}/leaderboard.md",
                   markup=False)
     console.print("On real data: fxbench download, then fxbench prepare --archive <zip> (see README).", markup=False)

@@ -32,6 +32,26 @@ def metrics_table(metrics: dict[str, Any], title: str):  # type: ignore[no-untyp
     return table
 
 
+def box_table(metrics: dict[str, Any], title: str):  # type: ignore[no-untyped-def]
+    """The ``boxes`` section (COCO AP, FROC) as a table, or None when the metrics have none."""
+    from rich.table import Table
+
+    from fxbench.evaluate.boxes import box_rows
+
+    rows = box_rows(metrics)
+    if not rows:
+        return None
+    boxes = metrics["boxes"]
+    table = Table(title=f"{title}: boxes ({boxes.get('n_gt_boxes')} GT, {boxes.get('n_pred_boxes')} predicted)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for key, val, ci in rows:
+        ci_s = "" if not ci or None in ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+        table.add_row(key, "nan" if val is None else f"{val:.4f}", ci_s)
+    return table
+
+
 @handle_errors
 def eval_(
     run: Path | None = typer.Argument(None, help="Run folder (omit with --predictions).", autocompletion=complete_run_path),
@@ -75,6 +95,9 @@ def eval_(
     if json_out:
         out.print(json.dumps(metrics, default=str), markup=False)
     console.print(metrics_table(metrics, title))
+    boxes = box_table(metrics, title)
+    if boxes is not None:
+        console.print(boxes)
     if split == "test":
         what = "this run" if run is not None and predictions is None else f"peer folder {peer_dir} (kind peer)"
         console.print(access_line(metrics, what), markup=False)

@@ -90,19 +90,25 @@ def resolve_decision(decision: Any) -> DecisionView:
     return view
 
 
+def native_prob(pred: Predictions, view: DecisionView, i: int) -> np.ndarray:
+    """Image ``i``'s probability map in its native frame, float32 [H,W], with the decision's
+    small components removed."""
+    prob = pred.probs[i]
+    if view.min_component > 1:
+        # min_component is defined in cache pixels, so the same decision means the same thing
+        # at both resolutions: remove small components in the cache map (set them to 0) before
+        # upsampling. Bilinear values are convex combinations of 2x2 neighbours, which are
+        # 8-connected, so removed components vanish and kept ones are untouched.
+        cache_pred = threshold_probs(prob, view.threshold)
+        dropped = cache_pred & ~remove_small_components(cache_pred, view.min_component)
+        if dropped.any():
+            prob = np.where(dropped, np.float16(0), prob)
+    return to_native(prob, pred.boxes[i], pred.native_hw[i])
+
+
 def _native_pairs(pred: Predictions, view: DecisionView, loader: NativeMaskLoader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for i, image_id in enumerate(pred.image_ids):
-        prob = pred.probs[i]
-        if view.min_component > 1:
-            # min_component is defined in cache pixels, so the same decision means the same thing
-            # at both resolutions: remove small components in the cache map (set them to 0) before
-            # upsampling. Bilinear values are convex combinations of 2x2 neighbours, which are
-            # 8-connected, so removed components vanish and kept ones are untouched.
-            cache_pred = threshold_probs(prob, view.threshold)
-            dropped = cache_pred & ~remove_small_components(cache_pred, view.min_component)
-            if dropped.any():
-                prob = np.where(dropped, np.float16(0), prob)
-        native = to_native(prob, pred.boxes[i], pred.native_hw[i])
+        native = native_prob(pred, view, i)
         gt = np.asarray(loader(image_id))
         if gt.shape != native.shape:
             raise DataError(f"native mask of {image_id} is {list(gt.shape)}, expected {list(native.shape)}",
@@ -204,6 +210,8 @@ def evaluate_predictions(
     subgroups: Mapping[str, np.ndarray] | None = None,
     resolution: Resolution = "cache",
     native_masks_loader: NativeMaskLoader | None = None,
+    gt_boxes: Mapping[str, np.ndarray] | None = None,
+    box_score: str = "max",
 ) -> dict[str, Any]:
     """The whole ``RUN/metrics/<split>.json`` body.
 
@@ -218,6 +226,10 @@ def evaluate_predictions(
             :func:`~fxbench.evaluate.subgroups.metadata_from_records`), or None.
         resolution: ``cache`` (letterboxed S x S, the seed's convention) or ``native``.
         native_masks_loader: image_id -> native mask; required for ``native``.
+        gt_boxes: image_id -> ground-truth boxes [K,4] (``PREP/boxes.json``); when given, the
+            body gets a ``boxes`` section (:mod:`fxbench.evaluate.boxes`),
+            always scored at native resolution whatever ``resolution`` says.
+        box_score: ``max`` or ``mean`` probability of a component (its box's score).
 
     Returns:
         A JSON-ready dict (NaN where undefined; write it with ``fxbench.io.write_json_atomic``,
@@ -283,4 +295,13 @@ def evaluate_predictions(
         "metric_card": _metric_card(view, seg, pred.n, ci=bootstrap > 0),
         "notes": notes,
     }
+    if gt_boxes is not None:
+        from fxbench.evaluate.boxes import box_metrics, component_boxes, match_boxes
+
+        detections = {}
+        for i, image_id in enumerate(pred.image_ids):
+            detections[image_id] = component_boxes(native_prob(pred, view, i), view.threshold, box_score)
+        matches = match_boxes(pred.image_ids, pred.labels, gt_boxes, detections)
+        body["boxes"] = box_metrics(matches, bootstrap, seed, box_score=box_score,
+                                    source=f"components of prob >= {view.threshold} at native resolution")
     return body

@@ -132,7 +132,26 @@ def leaderboard_row(folder: str | Path) -> dict[str, Any]:
         test_accesses=test_access_count(folder),
         max_test_accesses=built_from_max_accesses(folder),
     )
+    row["boxes"] = box_columns(metrics)
     return row
+
+
+#: Box metrics shown in the leaderboard's box section, with their CI.
+BOX_HEADLINE = ("box_ap50", "box_ap50_95", "froc_mean")
+
+
+def box_columns(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The box section of a leaderboard row (None when the metrics have no ``boxes``)."""
+    boxes = metrics.get("boxes")
+    if not isinstance(boxes, dict):
+        return None
+    out: dict[str, Any] = {"n_gt_boxes": boxes.get("n_gt_boxes"), "n_pred_boxes": boxes.get("n_pred_boxes"),
+                           "box_score": boxes.get("box_score")}
+    for key in BOX_HEADLINE:
+        out[key] = _num(boxes.get(key))
+        ci = boxes.get(f"{key}_ci95")
+        out[f"{key}_ci95"] = [_num(ci[0]), _num(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
+    return out
 
 
 def build_leaderboard(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -208,6 +227,18 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "fxbench leaderboar
                 m, sd = g[f"{key}_mean"], g[f"{key}_sd"]
                 cells.append("-" if m is None else f"{m:.3f}" + ("" if sd is None else f" ± {sd:.3f}"))
             lines.append("| " + " | ".join(cells) + " |")
+    boxed = [(i, r) for i, r in enumerate(rows, start=1) if r.get("boxes")]
+    if boxed:
+        lines += ["", "## Boxes (detection)", "",
+                  "| # | name | split | GT boxes | predicted boxes | box score | AP50 [95% CI] | AP50:95 [95% CI] | "
+                  "FROC mean [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+        for i, r in boxed:
+            b = r["boxes"]
+            cells = [str(i), r["name"], r["split"] or "-", str(b.get("n_gt_boxes", "-")), str(b.get("n_pred_boxes", "-")),
+                     str(b.get("box_score") or "-"), *(_fmt(b[k], b[f"{k}_ci95"]) for k in BOX_HEADLINE)]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines += ["", "- **AP50 / AP50:95**: COCO box AP (pycocotools) over every image of the split, negatives "
+                  "included; **FROC mean**: mean sensitivity at 0.125-8 false positives per image (docs/metrics.md)."]
     lines += [
         "",
         "- **split**: `test` rows were scored once with a decision frozen on val (see the folder's "
