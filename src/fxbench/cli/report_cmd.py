@@ -1,15 +1,16 @@
-"""`fxbench report` (leaderboard + plots) and `fxbench export nnunet` (a peer's dataset)."""
+"""`fxbench report` (leaderboard + plots) and `fxbench export nnunet|yolo` (a peer's dataset)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from fxbench.cli.common import console, handle_errors, out
 
-export_app = typer.Typer(help="Export data for other tools (nnU-Net).", no_args_is_help=True)
+export_app = typer.Typer(help="Export data for other tools (nnU-Net, Ultralytics YOLO).", no_args_is_help=True)
 
 
 @handle_errors
@@ -57,6 +58,19 @@ def report(
         console.print(f"next: open {out_dir / 'report.md'}", markup=False)
 
 
+def _with_progress(export: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run an exporter with a transient progress bar (it calls ``progress(done, total)``)."""
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("exporting", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return export(*args, progress=tick, **kwargs)
+
+
 @export_app.command("nnunet")
 @handle_errors
 def export_nnunet_cmd(
@@ -69,23 +83,35 @@ def export_nnunet_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing export."),
 ) -> None:
     """Write an nnU-Net v2 raw dataset whose fold 0 is fxbench's train/val split."""
-    from rich.progress import Progress
-
     from fxbench.select.peers import export_nnunet, nnunet_commands
 
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("exporting", total=None)
-
-        def tick(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        root = export_nnunet(prepared, out_dir, dataset_id=dataset_id, name=name, test_labels=test_labels,
-                             archive=archive, overwrite=force, progress=tick)
+    root = _with_progress(export_nnunet, prepared, out_dir, dataset_id=dataset_id, name=name, test_labels=test_labels,
+                          archive=archive, overwrite=force)
     console.print(f"wrote {root} (imagesTr/labelsTr = train+val, imagesTs = test, splits_final.json = our split)",
                   markup=False)
     console.print("next:", markup=False)
     for line in nnunet_commands(root):
         console.print(f"  {line.replace('PREP', str(prepared))}", markup=False)
+
+
+@export_app.command("yolo")
+@handle_errors
+def export_yolo_cmd(
+    prepared: Path = typer.Argument(..., help="Prepared folder (output of `fxbench prepare`)."),
+    out_dir: Path = typer.Argument(..., help="Folder for the Ultralytics dataset (images/, labels/, data.yaml)."),
+    test_labels: bool = typer.Option(False, "--test-labels", help="Also write labels/test (off: test stays sealed)."),
+    archive: Path | None = typer.Option(None, "--archive", help="FracAtlas zip/folder if images are not next to PREP."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export."),
+) -> None:
+    """Write an Ultralytics YOLO detection dataset (one class) with fxbench's train/val/test split."""
+    from fxbench.select.export_yolo import export_yolo, yolo_commands
+
+    yaml_path = _with_progress(export_yolo, prepared, out_dir, test_labels=test_labels, archive=archive, overwrite=force)
+    console.print(f"wrote {yaml_path} (images/ and labels/ per split; labels/test "
+                  f"{'written' if test_labels else 'withheld'})", markup=False)
+    console.print("next:", markup=False)
+    for line in yolo_commands(yaml_path, prepared):
+        console.print(f"  {line}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

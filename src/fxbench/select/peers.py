@@ -371,6 +371,21 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def export_rows(prep: Path, what: str) -> tuple[list[dict[str, str]], list[str]]:
+    """Manifest rows sorted by image_id and their file stems, for an export (``what`` names the
+    stems in the error: they become file names and must be unique)."""
+    rows = sorted(read_manifest(prep), key=lambda r: r["image_id"])
+    if not rows:
+        raise DataError(f"{prep}/manifest.csv has no images")
+    bad = sorted({r["split"] for r in rows} - set(SPLITS))
+    if bad:
+        raise DataError(f"{prep}/manifest.csv has unknown splits {bad}")
+    stems = [_stem(r["image_id"]) for r in rows]
+    if len(set(stems)) != len(stems):
+        raise DataError(f"two images share a file stem; {what} must be unique")
+    return rows, stems
+
+
 def export_nnunet(
     prepared_dir: str | Path,
     out: str | Path,
@@ -398,15 +413,7 @@ def export_nnunet(
         raise UsageError(f"--dataset-id must be 500..999 (got {dataset_id})", "nnU-Net reserves lower ids")
     clean = "".join(ch for ch in name if ch.isalnum()) or "FracAtlas"
     root = Path(out) / f"Dataset{dataset_id:03d}_{clean}"
-    rows = sorted(read_manifest(prep), key=lambda r: r["image_id"])
-    if not rows:
-        raise DataError(f"{prep}/manifest.csv has no images")
-    bad = sorted({r["split"] for r in rows} - set(SPLITS))
-    if bad:
-        raise DataError(f"{prep}/manifest.csv has unknown splits {bad}")
-    cases = [_stem(r["image_id"]) for r in rows]
-    if len(set(cases)) != len(cases):
-        raise DataError("two images share a file stem; nnU-Net case ids must be unique")
+    rows, cases = export_rows(prep, "nnU-Net case ids")
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise UsageError(f"{root} already exists", "pass --force to replace it")
