@@ -10,6 +10,9 @@ Main entry points:
   (``tune``, ``ensemble``, ``blend``).
 * :func:`compute_per_image_stats` + :func:`bootstrap_ci` / :func:`paired_bootstrap_delta` /
   :func:`subgroup_table` -- the building blocks, shared so every command scores the same way.
+* :func:`prediction_box_matches` / :func:`match_boxes` + :func:`box_metrics` /
+  :func:`paired_box_delta` -- box metrics (COCO AP via pycocotools, FROC) and their paired
+  comparison (for ``compare``).
 """
 
 from fxbench.evaluate.bootstrap import (
@@ -20,6 +23,14 @@ from fxbench.evaluate.bootstrap import (
     paired_bootstrap_delta,
     point_estimates,
     stratified_indices,
+)
+from fxbench.evaluate.boxes import (
+    BoxMatches,
+    box_metrics,
+    box_rows,
+    match_boxes,
+    paired_box_delta,
+    prediction_box_matches,
 )
 from fxbench.evaluate.evaluation import (
     DecisionView,
@@ -84,6 +95,7 @@ __all__ = [
     "HEADLINE_METRICS",
     "SUBGROUP_COLUMNS",
     "SUPPORTED_BOOTSTRAP_METRICS",
+    "BoxMatches",
     "DecisionView",
     "LesionMatch",
     "PerImageStats",
@@ -91,6 +103,8 @@ __all__ = [
     "average_precision",
     "best_f1",
     "bootstrap_ci",
+    "box_metrics",
+    "box_rows",
     "bootstrap_distributions",
     "brier_score",
     "calibration_bins",
@@ -98,14 +112,17 @@ __all__ = [
     "crop_box",
     "evaluate_predictions",
     "expected_calibration_error",
+    "match_boxes",
     "match_lesions",
     "mean_scores",
     "metadata_from_records",
     "paired_bootstrap_delta",
+    "paired_box_delta",
     "per_image_segmentation",
     "point_estimates",
     "precision_recall_curve",
     "pred_area_scores",
+    "prediction_box_matches",
     "presence_metrics",
     "remove_small_components",
     "resize_bilinear",

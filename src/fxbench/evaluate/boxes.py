@@ -91,6 +91,21 @@ def component_boxes(prob: np.ndarray, threshold: float, score: str = "max") -> t
     return boxes, np.asarray(scores, dtype=np.float64)
 
 
+def prediction_box_matches(pred: Any, decision: Any, gt_boxes: Mapping[str, Any], box_score: str = "max") -> BoxMatches:
+    """Boxes of a predictions artifact at a decision's operating point, matched to ``gt_boxes``.
+
+    Each cache map goes back to native size (with the decision's small components removed, as
+    for native segmentation scoring), then :func:`component_boxes`. What ``evaluate_predictions``
+    and ``compare`` (with :func:`paired_box_delta`) use.
+    """
+    from fxbench.evaluate.evaluation import native_prob, resolve_decision
+
+    view = resolve_decision(decision)
+    detections = {image_id: component_boxes(native_prob(pred, view, i), view.threshold, box_score)
+                  for i, image_id in enumerate(pred.image_ids)}
+    return match_boxes(pred.image_ids, pred.labels, gt_boxes, detections)
+
+
 # --------------------------------------------------------------------------------------
 # matching (pycocotools)
 

@@ -296,12 +296,9 @@ def evaluate_predictions(
         "notes": notes,
     }
     if gt_boxes is not None:
-        from fxbench.evaluate.boxes import box_metrics, component_boxes, match_boxes
+        from fxbench.evaluate.boxes import box_metrics, prediction_box_matches
 
-        detections = {}
-        for i, image_id in enumerate(pred.image_ids):
-            detections[image_id] = component_boxes(native_prob(pred, view, i), view.threshold, box_score)
-        matches = match_boxes(pred.image_ids, pred.labels, gt_boxes, detections)
+        matches = prediction_box_matches(pred, view, gt_boxes, box_score)
         body["boxes"] = box_metrics(matches, bootstrap, seed, box_score=box_score,
                                     source=f"components of prob >= {view.threshold} at native resolution")
     return body
