@@ -53,14 +53,21 @@ def manifest(prep: Path, split: str | None = None) -> list[dict[str, str]]:
 
 
 def write_yolo(folder: Path, prep: Path, split: str, shift: float = 0.0, conf: float = 1.0) -> None:
-    """The ground-truth boxes of ``split`` as Ultralytics txt (x shifted by ``shift`` box widths)."""
+    """The ground-truth boxes of ``split`` as Ultralytics txt (x shifted by ``shift`` box widths;
+    a shifted box that would overlap another GT box of its image at IoU >= 0.5 is left out)."""
+    from fxbench.data.boxes import box_iou
+
     gt = read_gt_boxes(prep)
     assert gt is not None
     folder.mkdir(parents=True, exist_ok=True)
     for row in manifest(prep, split):
         w, h = float(row["width"]), float(row["height"])
-        lines = [f"0 {(x + bw / 2 + shift * bw) / w:.7f} {(y + bh / 2) / h:.7f} {bw / w:.7f} {bh / h:.7f} {conf}"
-                 for x, y, bw, bh in gt[row["image_id"]]]
+        boxes = gt[row["image_id"]].copy()
+        boxes[:, 0] += shift * boxes[:, 2]
+        if shift and len(boxes):
+            boxes = boxes[box_iou(boxes, gt[row["image_id"]]).max(axis=1) < 0.5]
+        lines = [f"0 {(x + bw / 2) / w:.7f} {(y + bh / 2) / h:.7f} {bw / w:.7f} {bh / h:.7f} {conf}"
+                 for x, y, bw, bh in boxes]
         if lines:  # like Ultralytics: no file for an image without a box
             (folder / f"{Path(row['image_id']).stem}.txt").write_text("\n".join(lines) + "\n")
 
@@ -249,8 +256,10 @@ def test_perfect_and_shifted_yolo_peers(prep: Path, tmp_path: Path) -> None:
     assert [boxes[k] for k in FROC_KEYS] == [1.0] * len(FROC_KEYS)
     assert body["roc_auc_presence"] == 1.0 and body["presence_source"] == "max_box_confidence"
     assert "box_ap50" in res.output
-    # shifted by 3/7 of the width: IoU = (w - s) / (w + s) = 0.4 for every box
+    # shifted by 3/7 of the width: IoU = (w - s) / (w + s) = 0.4 with its own GT box
     write_yolo(tmp_path / "shifted", prep, "train", shift=3 / 7)
+    written = sum(len(f.read_text().splitlines()) for f in (tmp_path / "shifted").glob("*.txt"))
+    assert written >= boxes["n_gt_boxes"] - 2  # almost every box is kept
     res = runner.invoke(app, ["eval", "--predictions", str(tmp_path / "shifted"), "--prepared", str(prep),
                               "--split", "train", "--bootstrap", "0"])
     assert res.exit_code == 0, res.output
@@ -336,3 +345,39 @@ def test_export_yolo_layout_and_loader(prep: Path, tmp_path: Path) -> None:
                           text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"] is True
+
+
+def test_native_window_boxes_equal_full_upsampling() -> None:
+    from fxbench.evaluate.native import to_native, to_native_window
+    from fxbench.predict.artifact import Predictions
+
+    rng = np.random.default_rng(3)
+    s, n = 16, 6
+    probs = np.zeros((n, s, s), np.float16)
+    for k in range(n - 1):  # the last map stays empty
+        for _ in range(3):
+            r, c = rng.integers(2, 13, 2)
+            probs[k, r:r + 2, c:c + 3] = rng.uniform(0.3, 1.0)
+    boxes = np.array([[2, 0, 12, 16]] * n)  # letterbox: rows 2-13 hold the image
+    hw = np.array([[45, 61]] * n)
+    pred = Predictions(image_ids=[f"i{k}" for k in range(n)], probs=probs, masks=(probs > 0.5).astype(np.uint8),
+                       boxes=boxes, native_hw=hw, presence={"max": probs.reshape(n, -1).max(1).astype(np.float32)},
+                       labels=(probs > 0.5).reshape(n, -1).any(1), meta={"split": "val"})
+    for k in range(n):
+        full = to_native(probs[k], boxes[k], hw[k])
+        window = to_native_window(probs[k], boxes[k], hw[k], 0.5)
+        if window is None:
+            assert not (full >= 0.5).any()
+            continue
+        part, top, left = window
+        assert np.array_equal(part, full[top:top + part.shape[0], left:left + part.shape[1]])
+        outside = full.copy()
+        outside[top:top + part.shape[0], left:left + part.shape[1]] = 0
+        assert not (outside >= 0.5).any()
+    from fxbench.evaluate.boxes import prediction_box_matches
+
+    m = prediction_box_matches(pred, {"threshold": 0.5, "min_component": 0}, {}, "max")
+    want = [component_boxes(to_native(probs[k], boxes[k], hw[k]), 0.5, "max") for k in range(n)]
+    assert m.n_det.tolist() == [len(b) for b, _ in want]
+    got = sorted(m.det_score.tolist())
+    assert got == pytest.approx(sorted(float(v) for _, sc in want for v in sc))

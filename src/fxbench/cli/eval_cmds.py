@@ -63,11 +63,13 @@ def eval_(
     prepared: Path | None = typer.Option(None, "--prepared", help="Prepared folder (default: the run's)."),
     resolution: str | None = typer.Option(None, "--resolution", help="cache (seed convention) or native."),
     bootstrap: int | None = typer.Option(None, "--bootstrap", help="Bootstrap resamples for CIs (default eval.bootstrap)."),
-    predictions: Path | None = typer.Option(None, "--predictions", help="Score mask PNGs from another tool (peer)."),
+    predictions: Path | None = typer.Option(None, "--predictions", help="Score another tool's predictions (peer): a folder of mask PNGs or of YOLO txt, or a COCO results .json."),
     presence_csv: Path | None = typer.Option(None, "--presence-csv", help="Peer presence scores: image_id,score."),
     repredict: bool = typer.Option(False, "--repredict", help="Run the network again even if predictions exist."),
     out_dir: Path | None = typer.Option(
         None, "--out", help="Peer folder for --predictions (default: <PREDICTIONS>.fxbench-peer; test accesses are logged there)."),
+    frame: str = typer.Option("exif", "--frame", help="Boxes of YOLO txt / COCO JSON peers: exif (displayed frame, "
+                              "as FracAtlas' own annotations and Ultralytics) or stored (raw JPEG grid)."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics JSON on stdout."),
 ) -> None:
     """Evaluate a run on val, or on test under a frozen decision (every test access is logged)."""
@@ -78,12 +80,18 @@ def eval_(
         if prepared is None:
             raise UsageError("--predictions needs --prepared PREP (the prepared folder with the split)")
         from fxbench.cli.select_cmds import _command_line
+        from fxbench.select.peer_boxes import detect_format, score_peer_boxes
         from fxbench.select.peers import default_peer_folder, score_mask_folder
 
         peer_dir = out_dir or default_peer_folder(predictions)
-        metrics = score_mask_folder(predictions, prepared, split, presence_csv=presence_csv, out_dir=peer_dir,
-                                    command=_command_line(), bootstrap=2000 if bootstrap is None else bootstrap)
-        title = f"peer predictions {predictions} on {split}"
+        fmt = detect_format(predictions)
+        if fmt == "masks":
+            metrics = score_mask_folder(predictions, prepared, split, presence_csv=presence_csv, out_dir=peer_dir,
+                                        command=_command_line(), bootstrap=2000 if bootstrap is None else bootstrap)
+        else:
+            metrics = score_peer_boxes(predictions, prepared, split, out_dir=peer_dir, frame=frame, fmt=fmt,
+                                       bootstrap=2000 if bootstrap is None else bootstrap, command=_command_line())
+        title = f"peer predictions {predictions} ({fmt}) on {split}"
     else:
         if run is None:
             raise UsageError("give a RUN folder, or --predictions DIR --prepared PREP")

@@ -95,14 +95,27 @@ def prediction_box_matches(pred: Any, decision: Any, gt_boxes: Mapping[str, Any]
     """Boxes of a predictions artifact at a decision's operating point, matched to ``gt_boxes``.
 
     Each cache map goes back to native size (with the decision's small components removed, as
-    for native segmentation scoring), then :func:`component_boxes`. What ``evaluate_predictions``
+    for native segmentation scoring; only the window that can reach the threshold, see
+    :func:`~fxbench.evaluate.native.to_native_window`), then :func:`component_boxes`. What ``evaluate_predictions``
     and ``compare`` (with :func:`paired_box_delta`) use.
     """
-    from fxbench.evaluate.evaluation import native_prob, resolve_decision
+    from fxbench.evaluate.evaluation import cache_prob, resolve_decision
+    from fxbench.evaluate.native import to_native_window
 
     view = resolve_decision(decision)
-    detections = {image_id: component_boxes(native_prob(pred, view, i), view.threshold, box_score)
-                  for i, image_id in enumerate(pred.image_ids)}
+    detections: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for i, image_id in enumerate(pred.image_ids):
+        # Only the native window that can reach the threshold is upsampled (same values as the
+        # full map): a 2880 x 2304 radiograph with one small component costs a small window.
+        window = to_native_window(cache_prob(pred, view, i), pred.boxes[i], pred.native_hw[i], view.threshold)
+        if window is None:
+            detections[image_id] = (np.zeros((0, 4)), np.zeros(0))
+            continue
+        part, top, left = window
+        boxes, scores = component_boxes(part, view.threshold, box_score)
+        boxes[:, 0] += left
+        boxes[:, 1] += top
+        detections[image_id] = (boxes, scores)
     return match_boxes(pred.image_ids, pred.labels, gt_boxes, detections)
 
 

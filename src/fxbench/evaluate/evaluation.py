@@ -93,6 +93,11 @@ def resolve_decision(decision: Any) -> DecisionView:
 def native_prob(pred: Predictions, view: DecisionView, i: int) -> np.ndarray:
     """Image ``i``'s probability map in its native frame, float32 [H,W], with the decision's
     small components removed."""
+    return to_native(cache_prob(pred, view, i), pred.boxes[i], pred.native_hw[i])
+
+
+def cache_prob(pred: Predictions, view: DecisionView, i: int) -> np.ndarray:
+    """Image ``i``'s cache map [S,S] with components below the decision's ``min_component`` set to 0."""
     prob = pred.probs[i]
     if view.min_component > 1:
         # min_component is defined in cache pixels, so the same decision means the same thing
@@ -103,7 +108,7 @@ def native_prob(pred: Predictions, view: DecisionView, i: int) -> np.ndarray:
         dropped = cache_pred & ~remove_small_components(cache_pred, view.min_component)
         if dropped.any():
             prob = np.where(dropped, np.float16(0), prob)
-    return to_native(prob, pred.boxes[i], pred.native_hw[i])
+    return prob
 
 
 def _native_pairs(pred: Predictions, view: DecisionView, loader: NativeMaskLoader) -> Iterator[tuple[np.ndarray, np.ndarray]]:

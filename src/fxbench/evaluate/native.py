@@ -73,3 +73,38 @@ def to_native(
     """
     h, w = (int(v) for v in np.asarray(native_hw).reshape(2))
     return resize_bilinear(crop_box(np.asarray(prob_map), box), (h, w))
+
+
+def to_native_window(
+    prob_map: np.ndarray,
+    box: np.ndarray | tuple[int, int, int, int],
+    native_hw: np.ndarray | tuple[int, int],
+    threshold: float,
+) -> tuple[np.ndarray, int, int] | None:
+    """The part of :func:`to_native` that can reach ``threshold``, without upsampling the rest.
+
+    A bilinear value is a convex combination of its (at most 4) source pixels, so a native pixel
+    whose source rows (or columns) all lie outside the rows (columns) holding a cache value
+    >= ``threshold`` stays below it. Only the native window fed by those rows and columns is
+    computed, with the very same arithmetic as :func:`resize_bilinear` (identical values).
+
+    Returns:
+        (float32 [h,w] window of the native map, top, left) or None when no cache value reaches
+        ``threshold`` (then no native pixel does either).
+    """
+    from fxbench.evaluate.metrics import threshold_probs
+
+    crop = np.asarray(crop_box(np.asarray(prob_map), box), dtype=np.float32)
+    on = threshold_probs(crop, threshold)
+    if not on.any():
+        return None
+    h_out, w_out = (int(v) for v in np.asarray(native_hw).reshape(2))
+    rows, cols = np.flatnonzero(on.any(axis=1)), np.flatnonzero(on.any(axis=0))
+    y0, y1, wy = _axis_weights(crop.shape[0], h_out)
+    x0, x1, wx = _axis_weights(crop.shape[1], w_out)
+    ys = np.flatnonzero((y1 >= rows[0]) & (y0 <= rows[-1]))
+    xs = np.flatnonzero((x1 >= cols[0]) & (x0 <= cols[-1]))
+    wy_s = wy[ys].astype(np.float32)[:, None]
+    wx_s = wx[xs].astype(np.float32)[None, :]
+    part = crop[y0[ys]] * (1.0 - wy_s) + crop[y1[ys]] * wy_s
+    return part[:, x0[xs]] * (1.0 - wx_s) + part[:, x1[xs]] * wx_s, int(ys[0]), int(xs[0])
