@@ -381,3 +381,24 @@ def test_native_window_boxes_equal_full_upsampling() -> None:
     assert m.n_det.tolist() == [len(b) for b, _ in want]
     got = sorted(m.det_score.tolist())
     assert got == pytest.approx(sorted(float(v) for _, sc in want for v in sc))
+
+
+def test_tune_chooses_the_box_score_on_val(tmp_path: Path) -> None:
+    from fxbench.predict.artifact import Predictions
+    from fxbench.select.decision import Decision
+    from fxbench.select.tune import choose_box_score
+
+    probs = np.zeros((2, 16, 16), np.float16)
+    probs[0, 2:6, 2:6] = 0.6  # the fracture: max 0.6, mean 0.6
+    probs[1, 8:12, 8:12] = 0.51  # a false positive on the negative: max 0.99, mean ~0.54
+    probs[1, 9, 9] = 0.99
+    masks = np.zeros((2, 16, 16), np.uint8)
+    masks[0, 2:6, 2:6] = 1
+    (tmp_path / "boxes.json").write_text(json.dumps({"boxes": {"a.jpg": [[2, 2, 4, 4]], "b.jpg": []}}))
+    pred = Predictions(image_ids=["a.jpg", "b.jpg"], probs=probs, masks=masks, boxes=np.array([[0, 0, 16, 16]] * 2),
+                       native_hw=np.array([[16, 16]] * 2), presence={"max": np.array([0.6, 0.99], np.float32)},
+                       labels=np.array([True, False]), meta={"split": "val", "prepared": str(tmp_path)})
+    got = choose_box_score(pred, Decision(threshold=0.5, source="tune", selected_on="val"))
+    assert got == {"box_score": "mean", "box_score_val_ap50": {"max": pytest.approx(0.5), "mean": pytest.approx(1.0)}}
+    (tmp_path / "boxes.json").unlink()
+    assert choose_box_score(pred, Decision(threshold=0.5)) is None

@@ -257,7 +257,7 @@ class EvalConfig(_Section):
     bootstrap_seed: int = 0
     resolution: Literal["cache", "native"] = Field("cache", description="Score at cache resolution (seed) or native size.")
     boxes: bool = Field(True, description="Also score boxes (COCO AP, FROC) from the components at native size, when PREP/boxes.json exists.")
-    box_score: Literal["max", "mean"] = Field("max", description="Score of a predicted box: max or mean probability of its component (compare on val).")
+    box_score: Literal["max", "mean"] = Field("max", description="Score of a predicted box: max or mean probability of its component (tune chooses on val; this is the default without a decision).")
 
 
 class RuntimeConfig(_Section):

@@ -536,5 +536,27 @@ def tune_run(
         presence_sources=presence_sources,
         presence_rule=presence_rule,
     )
+    box = choose_box_score(pred, result.decision)
+    if box is not None:
+        result.decision = result.decision.model_copy(update=box)
     write_tune_outputs(run_dir, result)
     return result
+
+
+def choose_box_score(pred: Predictions, decision: Decision) -> dict[str, Any] | None:
+    """The box score (``max`` or ``mean`` probability of a component) with the higher val box
+    AP50 at the chosen operating point; ties keep ``max``. None when the prepared folder of the
+    predictions has no ``boxes.json`` or val has no box.
+
+    Returns ``{"box_score": ..., "box_score_val_ap50": {"max": ap, "mean": ap}}`` for the decision.
+    """
+    from fxbench.data.boxes import read_gt_boxes
+    from fxbench.evaluate.boxes import BOX_SCORES, box_point_estimates, prediction_box_matches
+
+    prepared = pred.meta.get("prepared")
+    gt = read_gt_boxes(prepared) if prepared and Path(prepared).is_dir() else None
+    if gt is None or not any(len(gt.get(i, ())) for i in pred.image_ids):
+        return None
+    ap = {s: box_point_estimates(prediction_box_matches(pred, decision.to_dict(), gt, s))["box_ap50"] for s in BOX_SCORES}
+    best = max(BOX_SCORES, key=lambda s: (_num(ap[s]) if not math.isnan(_num(ap[s])) else -1.0, s == "max"))
+    return {"box_score": best, "box_score_val_ap50": {s: _num(v) for s, v in ap.items()}}
