@@ -122,6 +122,7 @@ def _summary_table(report: dict[str, Any]) -> Table:
         *[(f"polygons: {k}", f"{v:,}") for k, v in report.get("polygons", {}).items()],
         ("polygons rasterized", f"{report.get('polygons_rasterized', 0):,} (from {', '.join(f'{k} {v}' for k, v in report.get('rasterized_from', {}).items())})"),
         ("disagreements (images)", f"{report.get('disagreement_count', 0):,}"),
+        ("ground-truth boxes", _boxes_line(report.get("gt_boxes") or {})),
         ("EXIF-rotated", f"{report['exif_rotated']:,}"),
         ("truncated JPEGs", f"{report['truncated']:,}"),
         ("duplicate groups (pixel-identical)", f"{report['duplicate_groups']:,}"),
@@ -222,3 +223,12 @@ def register(app: typer.Typer) -> None:
     app.command("download")(download)
     app.command("prepare")(prepare)
     app.command("synth")(synth)
+
+
+def _boxes_line(gt: dict[str, Any]) -> str:
+    """``922 (from yolo 717; 0 disagree with the polygons)`` for the prepare summary."""
+    if not gt:
+        return "-"
+    src = ", ".join(f"{k} {v}" for k, v in (gt.get("from") or {}).items()) or "none"
+    return f"{gt.get('total', 0):,} (from {src}; {gt.get('disagreements', 0)} disagree with the polygons)"
+
