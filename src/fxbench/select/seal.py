@@ -355,16 +355,12 @@ def score_under_seal(
     if sha is not None:
         metrics["predictions_sha256"] = sha
     out = folder / "metrics" / "test.json"
-    cmd = _command_str(command)
-    base = {"decision_sha256": authorised.sha256(), "decision_source": authorised.source, "kind": kind,
-            "command": cmd, "metrics": out.as_posix()}
+    cmd, digest = _command_str(command), authorised.sha256()
+    record = {"decision_source": authorised.source, "kind": kind}
     # Log before writing the metrics: a crash in between over-counts, never under-counts.
-    log_test_access(folder, authorised.sha256(), cmd, metrics_path=out,
-                    extra={k: v for k, v in base.items() if k not in ("decision_sha256", "command", "metrics")}
-                    | {"members": [str(m) for m in member_dirs]})
-    for m in member_dirs:
-        log_test_access(m, authorised.sha256(), cmd, metrics_path=out,
-                        extra={"decision_source": authorised.source, "kind": kind, "via": str(folder.resolve())})
+    log_test_access(folder, digest, cmd, metrics_path=out, extra={**record, "members": [str(m) for m in member_dirs]})
+    for m in member_dirs:  # access counts follow the data
+        log_test_access(m, digest, cmd, metrics_path=out, extra={**record, "via": str(folder.resolve())})
     metrics.update(access_counts(folder, member_dirs))
     write_json_atomic(out, metrics)
     return metrics
@@ -374,7 +370,10 @@ def access_counts(folder: str | Path, members: Sequence[str | Path] = ()) -> dic
     """``test_accesses`` of ``folder``, ``member_test_accesses`` {name: count} of its members,
     ``member_runs`` (their paths) and ``max_test_accesses`` (largest among folder and members)."""
     own = test_access_count(folder)
-    per = {Path(m).name: test_access_count(m) for m in members}
+    names = [Path(m).name for m in members]
+    # keyed by folder name; by path when two members share a name (seed_1 of two sweeps)
+    per = {(n if names.count(n) == 1 else str(Path(m).resolve())): test_access_count(m)
+           for n, m in zip(names, members, strict=True)}
     return {
         "test_accesses": own,
         "member_runs": [str(Path(m).resolve()) for m in members],
