@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from skimage.transform import resize as sk_resize
 
-from fxbench.errors import DataError
-from fxbench.evaluate import evaluate_predictions, resize_bilinear, segmentation_metrics, to_native
-from fxbench.predict.artifact import (
+from fxbench.artifacts.predictions import (
     Predictions,
     load_predictions,
     predictions_sha256,
     save_predictions,
     subset,
 )
+from fxbench.errors import DataError
+from fxbench.evaluate import evaluate_predictions, resize_bilinear, segmentation_metrics, to_native
 
 
 def _pred(n: int = 6, s: int = 12, seed: int = 0) -> Predictions:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
+from fxbench.artifacts.predictions import Predictions
 from fxbench.errors import DataError
 from fxbench.evaluate import (
     average_precision,
@@ -27,7 +28,6 @@ from fxbench.evaluate import (
 )
 from fxbench.evaluate.metrics import EPS, calibration_bins, expected_calibration_error
 from fxbench.io import dumps_json
-from fxbench.predict.artifact import Predictions
 
 # ----------------------------------------------------------------------------- presence vs sklearn
 

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from fxbench.artifacts.predictions import Predictions
 from fxbench.cli.app import app
 from fxbench.data.cache import load_cache
 from fxbench.errors import DataError, ProtocolError, UsageError
 from fxbench.evaluate import evaluate_predictions, roc_auc
-from fxbench.predict.artifact import Predictions
 from fxbench.select.peers import export_nnunet, masks_to_predictions, score_mask_folder
 from fxbench.select.seal import test_access_count
 

@@ -19,13 +19,13 @@ from easy_data import make_easy_prepared
 from PIL import Image
 from typer.testing import CliRunner
 
+from fxbench.artifacts.decision import Decision, write_decision
+from fxbench.artifacts.predictions import load_predictions
 from fxbench.cli.app import app
 from fxbench.config import load_config
 from fxbench.evaluate.metrics import label_components, threshold_probs
 from fxbench.evaluate.native import to_native
 from fxbench.predict import images as pimages
-from fxbench.predict.artifact import load_predictions
-from fxbench.select.decision import Decision, write_decision
 
 pydicom = pytest.importorskip("pydicom")
 

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from fxbench.artifacts.predictions import Predictions, save_predictions
 from fxbench.cli.app import app
 from fxbench.data.cache import write_cache
 from fxbench.errors import DataError
 from fxbench.evaluate import evaluate_predictions
 from fxbench.io import sha256_file, write_csv_atomic, write_json_atomic
-from fxbench.predict.artifact import Predictions, save_predictions
 from fxbench.report import build_report
 from fxbench.report.leaderboard import build_leaderboard, discover, render_markdown
 from fxbench.report.plots import select_cases
@@ -67,7 +67,7 @@ def make_full_run(root: Path, name: str, seed: int, prep: Path, cache_sha: str) 
         save_predictions(run / "predictions" / f"{split}.npz", make_pred(split, seed + len(split), prep, cache_sha))
     decision = tune_run(run).decision
     for split in ("val", "test"):
-        from fxbench.predict.artifact import load_predictions
+        from fxbench.artifacts.predictions import load_predictions
 
         m = evaluate_predictions(load_predictions(run / "predictions" / f"{split}.npz"), decision.to_dict(), bootstrap=50)
         m.update(decision_source=decision.source, tta="hv")
@@ -144,8 +144,8 @@ def test_report_writes_files_and_pngs_that_open(runs: Path, tmp_path: Path) -> N
 
 
 def test_overlay_cases_are_best_and_worst_by_dice(runs: Path) -> None:
+    from fxbench.artifacts.predictions import load_predictions
     from fxbench.evaluate import compute_per_image_stats
-    from fxbench.predict.artifact import load_predictions
 
     pred = load_predictions(runs / "alpha" / "predictions" / "test.npz")
     decision = json.loads((runs / "alpha" / "decision.json").read_text())

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from fxbench.artifacts.predictions import Predictions
 from fxbench.cli.app import app
 from fxbench.data.cache import (
     cache_filename,
@@ -24,7 +25,6 @@ from fxbench.data.cache import (
 from fxbench.data.dataset import load_prepared
 from fxbench.errors import DataError
 from fxbench.evaluate import evaluate_predictions, to_native
-from fxbench.predict.artifact import Predictions
 
 # A native 96 x 48 image (H x W) with a fracture box on a 2-pixel lattice, so that both
 # geometries map it to whole cache pixels at S = 48 (letterbox: 1/2 on both axes; stretch: 1/2

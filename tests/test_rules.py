@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fxbench.artifacts.run import check_selection_metric
 from fxbench.errors import ConfigError, DataError
 from fxbench.evaluate.rules import (
     composite_array,
@@ -19,7 +20,6 @@ from fxbench.evaluate.rules import (
 )
 from fxbench.select.blend import select_rule
 from fxbench.select.tune import select_grid_row
-from fxbench.train.run import check_selection_metric
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fxbench"
 

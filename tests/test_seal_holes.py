@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from fxbench.artifacts.predictions import load_predictions, save_predictions
 from fxbench.cli.app import app
-from fxbench.predict.artifact import load_predictions, save_predictions
 from fxbench.select.seal import read_test_access, test_access_count
 
 runner = CliRunner()
@@ -248,7 +248,7 @@ def test_which_last_with_a_decision_tuned_on_best_is_refused(runs: dict[str, Pat
 
 
 def test_ties_and_degenerate_tuning_are_reported(tmp_path: Path) -> None:
-    from fxbench.predict.artifact import Predictions
+    from fxbench.artifacts.predictions import Predictions
 
     n, s = 8, 16
     masks = np.zeros((n, s, s), np.uint8)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fxbench.artifacts.predictions import Predictions, load_predictions, save_predictions
 from fxbench.cli.app import app
 from fxbench.config import AugmentConfig, LossConfig, load_config
 from fxbench.errors import ConfigError, UsageError
 from fxbench.evaluate import evaluate_predictions, mean_scores, pred_area_scores
-from fxbench.predict.artifact import Predictions, load_predictions, save_predictions
 from fxbench.select.ensemble import average_predictions, load_member, run_ensemble, weight_grid
 from fxbench.select.tune import tune_predictions
 

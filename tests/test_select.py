@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from fxbench.artifacts.decision import Decision, read_decision, write_decision
+from fxbench.artifacts.predictions import Predictions, load_predictions, save_predictions
 from fxbench.cli.app import app
 from fxbench.errors import DataError, ProtocolError, UsageError
 from fxbench.evaluate.metrics import segmentation_metrics
 from fxbench.io import sha256_file
-from fxbench.predict.artifact import Predictions, load_predictions, save_predictions
 from fxbench.select.blend import fuse_presence, run_blend, select_rule
-from fxbench.select.decision import Decision, read_decision, write_decision
 from fxbench.select.ensemble import run_ensemble
 from fxbench.select.seal import authorize_test, log_test_access, read_test_access, test_access_count
 from fxbench.select.tune import (

@@ -13,12 +13,12 @@ import pytest
 import torch
 from easy_data import make_easy_prepared
 
+from fxbench.artifacts.run import run_lock
 from fxbench.config import load_config
 from fxbench.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fxbench.io import read_json
 from fxbench.train.checkpoint import load_checkpoint
 from fxbench.train.loop import Trainer, lr_factor
-from fxbench.train.run import run_lock
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_lock_refuses_second_writer(tmp_path: Path) -> None:
     run.mkdir()
     with run_lock(run):
         child = subprocess.run([sys.executable, "-c", (
-            "from pathlib import Path; from fxbench.train.run import run_lock\n"
+            "from pathlib import Path; from fxbench.artifacts.run import run_lock\n"
             f"with run_lock(Path({str(run)!r})): pass")], capture_output=True, text=True)
         assert child.returncode != 0 and "RunLockedError" in child.stderr
     (run / ".lock").write_text("999999")  # stale lock of a dead process is taken over

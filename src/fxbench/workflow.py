@@ -18,9 +18,9 @@ from fxbench.io import read_json, sha256_file, write_json_atomic
 
 def train_run(cfg: Config, run_dir: Path, resume: bool = False,
               on_progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    from fxbench.artifacts.run import refuse_fresh_start
     from fxbench.errors import CheckpointError
     from fxbench.train.loop import Trainer, dist_info
-    from fxbench.train.run import refuse_fresh_start
 
     run_dir = Path(run_dir)
     if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
@@ -74,8 +74,8 @@ def evaluate_run(
     through :func:`fxbench.select.seal.score_under_seal` (authorised before anything is
     predicted, logged in ``RUN/test_access.log``). Returns the metrics dict.
     """
+    from fxbench.artifacts.predictions import load_predictions
     from fxbench.evaluate import DERIVED_PRESENCE, evaluate_predictions, resolve_presence_source
-    from fxbench.predict.artifact import load_predictions
     from fxbench.predict.infer import load_run_config, predict_split, subgroup_arrays
 
     run_dir = Path(run_dir)

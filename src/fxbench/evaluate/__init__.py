@@ -5,7 +5,7 @@ Pure numpy/scipy (no torch): arrays in, numbers out. Definitions are in docs/met
 Main entry points:
 
 * :func:`evaluate_predictions` -- the whole ``RUN/metrics/<split>.json`` body for a
-  :class:`~fxbench.predict.artifact.Predictions` and a decision.
+  :class:`~fxbench.artifacts.predictions.Predictions` and a decision.
 * :func:`segmentation_metrics`, :func:`presence_metrics` -- one operating point, for grids
   (``tune``, ``ensemble``, ``blend``).
 * :func:`compute_per_image_stats` + :func:`bootstrap_ci` / :func:`paired_bootstrap_delta` /

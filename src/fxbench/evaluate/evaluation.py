@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fxbench.artifacts.predictions import Predictions
 from fxbench.errors import ConfigError, DataError
 from fxbench.evaluate.bootstrap import HEADLINE_METRICS, available_metrics, bootstrap_ci
 from fxbench.evaluate.metrics import (
@@ -30,7 +31,6 @@ from fxbench.evaluate.native import to_native
 from fxbench.evaluate.presence import with_derived_presence
 from fxbench.evaluate.rules import resolve_presence_source
 from fxbench.evaluate.subgroups import subgroup_table
-from fxbench.predict.artifact import Predictions
 
 Resolution = Literal["cache", "native"]
 #: image_id -> native ground-truth mask (uint8 [H,W], non-zero = fracture).

@@ -32,7 +32,7 @@ from fxbench.evaluate.metrics import remove_small_components, threshold_probs
 from fxbench.evaluate.rules import DERIVED_PRESENCE
 
 if TYPE_CHECKING:
-    from fxbench.predict.artifact import Predictions
+    from fxbench.artifacts.predictions import Predictions
 
 __all__ = ["DERIVED_PRESENCE", "box_areas", "mean_scores", "pred_area_scores", "with_derived_presence"]
 

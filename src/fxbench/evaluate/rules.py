@@ -47,7 +47,7 @@ def resolve_presence_source(available: Any, requested: str | None) -> str:
     """The presence score key a decision means for these predictions.
 
     Args:
-        available: a :class:`~fxbench.predict.artifact.Predictions`, a mapping of source ->
+        available: a :class:`~fxbench.artifacts.predictions.Predictions`, a mapping of source ->
             scores, or a sequence of source names.
         requested: ``auto`` (or None) or a source name.
 

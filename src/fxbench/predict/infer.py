@@ -62,9 +62,9 @@ def predict_split(
 
     Returns the artifact path. ``tta`` defaults to the run's ``eval.tta``.
     """
+    from fxbench.artifacts.predictions import Predictions, save_predictions
     from fxbench.data.dataset import load_prepared
     from fxbench.models.inference import predict_tensors
-    from fxbench.predict.artifact import Predictions, save_predictions
     from fxbench.train.loop import pick_amp, pick_device
 
     run_dir = Path(run_dir)

@@ -143,7 +143,7 @@ def _run_cache_size(run_dir: Path, cfg: Any) -> int:
 def _decision(run_dir: Path, cfg: Any, decision_path: Path | None) -> tuple[dict[str, Any], Path | None]:
     """The operating point: the named decision file (must exist), else RUN/decision.json if the
     run has one, else the config's ``eval`` defaults."""
-    from fxbench.select.decision import read_decision
+    from fxbench.artifacts.decision import read_decision
 
     if decision_path is not None:
         path: Path | None = Path(decision_path)

@@ -63,8 +63,8 @@ def _cache_images(pred: Any, prepared: Path | None, memo: dict[Path, Any]) -> An
 
 def _plot_entry(row: dict[str, Any], pdir: Path, prepared: Path | None, cases: int,
                 memo: dict[Path, Any], curves: dict[str, list[Any]]) -> dict[str, str]:
+    from fxbench.artifacts.predictions import load_predictions
     from fxbench.evaluate import resolve_presence_source
-    from fxbench.predict.artifact import load_predictions
     from fxbench.report import plots
 
     folder, split, name = Path(row["path"]), row["split"], row["name"]

@@ -30,7 +30,7 @@ from fxbench.io import write_bytes_atomic
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from fxbench.predict.artifact import Predictions
+    from fxbench.artifacts.predictions import Predictions
 
 DPI = 110
 GT_COLOUR = "#2ca02c"

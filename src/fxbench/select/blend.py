@@ -33,15 +33,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fxbench.errors import DataError, UsageError
-from fxbench.io import write_csv_atomic, write_json_atomic
-from fxbench.select.decision import (
+from fxbench.artifacts.decision import (
     DECISION_FILE,
     Decision,
     run_identity,
     write_decision,
     write_tune_record,
 )
+from fxbench.errors import DataError, UsageError
+from fxbench.io import write_csv_atomic, write_json_atomic
 from fxbench.select.ensemble import (
     Member,
     check_compatible,
@@ -64,7 +64,7 @@ from fxbench.select.tune import (
 )
 
 if TYPE_CHECKING:
-    from fxbench.predict.artifact import Predictions
+    from fxbench.artifacts.predictions import Predictions
 
 BLEND_RULES = ("best_auc", "best_dice_pos", "best_joint")
 #: The grid column each rule ranks by first.
@@ -211,7 +211,7 @@ def blend_predictions(
     sources: dict[str, str], split: str, name: str,
 ) -> Predictions:
     """The blended artifact for ``split`` (presence key ``blend``) with frozen weights."""
-    from fxbench.predict.artifact import Predictions
+    from fxbench.artifacts.predictions import Predictions
 
     s_c = c.pred.presence[sources["classifier"]] if c is not None else None
     fused = fuse_presence(a.pred.presence[sources["a"]], b.pred.presence[sources["b"]], s_c, beta, gamma)
@@ -260,7 +260,7 @@ def run_blend(
 
     Returns a summary: out, decision, best (row per rule), val and test metrics, grid size.
     """
-    from fxbench.predict.artifact import predictions_sha256, save_predictions
+    from fxbench.artifacts.predictions import predictions_sha256, save_predictions
 
     if rule not in BLEND_RULES:
         raise UsageError(f"unknown blend rule '{rule}'", f"use one of: {', '.join(BLEND_RULES)}")

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fxbench.artifacts.decision import DECISION_FILE, Decision
 from fxbench.errors import DataError, ProtocolError, UsageError
 from fxbench.io import write_csv_atomic, write_json_atomic
-from fxbench.select.decision import DECISION_FILE, Decision
 from fxbench.select.seal import (
     cache_scorer,
     check_run_artifact,
@@ -38,7 +38,7 @@ from fxbench.select.seal import (
 )
 
 if TYPE_CHECKING:
-    from fxbench.predict.artifact import Predictions
+    from fxbench.artifacts.predictions import Predictions
 
 @dataclass
 class Member:
@@ -69,7 +69,7 @@ def load_member(run_dir: str | Path, split: str) -> Member:
     artifact must share no image id with the run's test artifact: a test artifact copied over
     val.npz is refused (ProtocolError, exit 4).
     """
-    from fxbench.predict.artifact import load_predictions, predictions_sha256
+    from fxbench.artifacts.predictions import load_predictions, predictions_sha256
 
     run_dir = Path(run_dir)
     path = run_dir / "predictions" / f"{split}.npz"
@@ -182,7 +182,7 @@ def average_predictions(
     ``mean_map_max`` (the maximum of the mean map over pixels) is added as the seed's ensemble
     presence score.
     """
-    from fxbench.predict.artifact import Predictions
+    from fxbench.artifacts.predictions import Predictions
 
     if not members:
         raise UsageError("an ensemble needs at least one run")
@@ -250,8 +250,8 @@ def evaluate_into(
 
     Test numbers never come from here: they go through :func:`fxbench.select.seal.score_under_seal`.
     """
+    from fxbench.artifacts.predictions import predictions_sha256
     from fxbench.evaluate import evaluate_predictions
-    from fxbench.predict.artifact import predictions_sha256
 
     if split == "test":
         raise ProtocolError("internal: test metrics are written only by fxbench.select.seal.score_under_seal")
@@ -357,7 +357,7 @@ def run_ensemble(
         ProtocolError: ``out_dir`` already evaluated its test split.
         DataError: a member lacks predictions or members disagree on images/ground truth.
     """
-    from fxbench.predict.artifact import predictions_sha256, save_predictions
+    from fxbench.artifacts.predictions import predictions_sha256, save_predictions
     from fxbench.select.tune import tune_predictions, write_tune_outputs
 
     out = Path(out_dir)

@@ -37,7 +37,7 @@ from fxbench.io import (
 )
 
 if TYPE_CHECKING:
-    from fxbench.predict.artifact import Predictions
+    from fxbench.artifacts.predictions import Predictions
 
 SPLITS = ("train", "val", "test")
 
@@ -149,8 +149,8 @@ def masks_to_predictions(
         DataError: missing masks (unless ``allow_missing``: then empty and listed in meta),
             a mask of another size, or presence scores missing for some images.
     """
+    from fxbench.artifacts.predictions import Predictions
     from fxbench.data.cache import load_cache, to_cache_frame
-    from fxbench.predict.artifact import Predictions
 
     if split not in SPLITS:
         raise UsageError(f"unknown split '{split}'", "use train, val or test")
@@ -222,7 +222,7 @@ def peer_decision(pred: Predictions, presence_threshold: float | None = None) ->
     Pixel threshold 0.5 on 0/1 maps; presence ``csv`` at 0.5 (or the given value) when given,
     else ``area`` > 0 (the seed's rule), written as ``area >= 1e-12``.
     """
-    from fxbench.select.decision import Decision
+    from fxbench.artifacts.decision import Decision
 
     source = "csv" if "csv" in pred.presence else "area"
     default = 0.5 if source == "csv" else 1e-12
@@ -263,8 +263,8 @@ def score_mask_folder(
     Raises:
         ProtocolError: a test scoring without ``out_dir``.
     """
+    from fxbench.artifacts.predictions import predictions_sha256, save_predictions
     from fxbench.evaluate import evaluate_predictions
-    from fxbench.predict.artifact import predictions_sha256, save_predictions
 
     prep = Path(prepared_dir)
     if split == "test" and out_dir is None:
@@ -287,7 +287,7 @@ def score_mask_folder(
 
     if out_dir is None:
         return score(pred, decision)
-    from fxbench.select.decision import write_decision
+    from fxbench.artifacts.decision import write_decision
 
     out = Path(out_dir)
     write_decision(out / "decision.json", decision)

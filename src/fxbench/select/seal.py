@@ -16,9 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fxbench.errors import DataError, ProtocolError, UsageError
-from fxbench.io import sha256_file, write_json_atomic
-from fxbench.select.decision import (
+from fxbench.artifacts.decision import (
     DECISION_FILE,
     TUNE_RECORD,
     Decision,
@@ -27,9 +25,11 @@ from fxbench.select.decision import (
     run_identity,
     utc_now,
 )
+from fxbench.errors import DataError, ProtocolError, UsageError
+from fxbench.io import sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
-    from fxbench.predict.artifact import Predictions
+    from fxbench.artifacts.predictions import Predictions
 
 #: Append-only record of test evaluations inside a run folder.
 TEST_ACCESS_LOG = "test_access.log"
@@ -217,7 +217,7 @@ def check_run_artifact(run_dir: str | Path, split: str, pred: Any, path: str | P
     Raises:
         ProtocolError: see :func:`check_true_split` and :func:`check_disjoint`.
     """
-    from fxbench.predict.artifact import read_ids_and_meta
+    from fxbench.artifacts.predictions import read_ids_and_meta
 
     check_true_split(pred, split, path)
     run_dir = Path(run_dir)
@@ -342,7 +342,7 @@ def score_under_seal(
                             "score test predictions only (val numbers come from `fxbench eval --split val`)")
     sha = None
     if save_to is not None:
-        from fxbench.predict.artifact import save_predictions
+        from fxbench.artifacts.predictions import save_predictions
 
         sha = sha256_file(save_predictions(save_to, pred))
     elif artifact_path is not None:

@@ -40,18 +40,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fxbench.errors import DataError, ProtocolError, UsageError
-from fxbench.io import write_csv_atomic
-from fxbench.select.decision import (
+from fxbench.artifacts.decision import (
     DECISION_FILE,
     Decision,
     run_identity,
     write_decision,
     write_tune_record,
 )
+from fxbench.errors import DataError, ProtocolError, UsageError
+from fxbench.io import write_csv_atomic
 
 if TYPE_CHECKING:
-    from fxbench.predict.artifact import Predictions
+    from fxbench.artifacts.predictions import Predictions
 
 #: Selection metrics ``tune`` accepts.
 TUNE_METRICS = ("dice_pos", "iou_pos", "dice", "iou", "auc_plus_dice_pos")
@@ -518,7 +518,7 @@ def tune_run(
             "run `fxbench tune RUN` (val), then `fxbench eval RUN --split test --decision RUN/decision.json`",
         )
     _check_metric(metric)
-    from fxbench.predict.artifact import load_predictions, predictions_sha256
+    from fxbench.artifacts.predictions import load_predictions, predictions_sha256
 
     run_dir = Path(run_dir)
     path = run_dir / "predictions" / "val.npz"

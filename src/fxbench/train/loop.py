@@ -21,17 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from fxbench.config import Config
-from fxbench.errors import CheckpointError, ConfigError, TrainingDivergedError
-from fxbench.io import sha256_file, write_csv_atomic, write_json_atomic, write_text_atomic
-from fxbench.train.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
-from fxbench.train.run import (
+from fxbench.artifacts.run import (
     check_selection_metric,
     environment,
     now_iso,
     run_lock,
     update_run_json,
 )
+from fxbench.config import Config
+from fxbench.errors import CheckpointError, ConfigError, TrainingDivergedError
+from fxbench.io import sha256_file, write_csv_atomic, write_json_atomic, write_text_atomic
+from fxbench.train.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 
 HISTORY_FIELDS = [
     "epoch", "step", "lr", "train_loss", "presence_weight", "seconds", "img_per_s",
