@@ -17,12 +17,12 @@ import torch
 from easy_data import make_easy_prepared
 from typer.testing import CliRunner
 
+from fxbench.artifacts.checkpoint import load_checkpoint
 from fxbench.cli.app import app
 from fxbench.config import load_config
 from fxbench.io import read_json
 from fxbench.launch.jobs import run_job, run_state, sweep_jobs
 from fxbench.launch.local import Slot, plan_slots, sweep_exit_code
-from fxbench.train.checkpoint import load_checkpoint
 from fxbench.train.loop import Trainer
 
 SEEDS = "1,2"

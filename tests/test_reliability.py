@@ -41,12 +41,12 @@ from easy_data import make_easy_prepared
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fxbench.artifacts import checkpoint as checkpoint_mod
+from fxbench.artifacts.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from fxbench.cli.app import HELP, main
 from fxbench.config import Config, all_keys, config_from_dict, load_config
 from fxbench.errors import CheckpointError, ConfigError, FxbenchError
 from fxbench.io import read_json, write_csv_atomic, write_json_atomic
-from fxbench.train import checkpoint as checkpoint_mod
-from fxbench.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from fxbench.train.loop import HISTORY_FIELDS, Trainer
 
 TIMEOUT = 120  # seconds; generous because the test machine is shared

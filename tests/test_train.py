@@ -13,11 +13,11 @@ import pytest
 import torch
 from easy_data import make_easy_prepared
 
+from fxbench.artifacts.checkpoint import load_checkpoint
 from fxbench.artifacts.run import run_lock
 from fxbench.config import load_config
 from fxbench.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fxbench.io import read_json
-from fxbench.train.checkpoint import load_checkpoint
 from fxbench.train.loop import Trainer, lr_factor
 
 

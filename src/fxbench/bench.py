@@ -207,7 +207,7 @@ def run_bench(
     """Run the whole comparison; returns a JSON-able dict with rows and the machine description."""
     from fxbench.data.prepare import prepare
     from fxbench.data.synthetic import make_synthetic_archive
-    from fxbench.train.loop import pick_amp, pick_device
+    from fxbench.runtime import pick_amp, pick_device
 
     dev = pick_device(device)
     amp_dtype = pick_amp(amp, dev)

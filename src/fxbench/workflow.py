@@ -20,7 +20,8 @@ def train_run(cfg: Config, run_dir: Path, resume: bool = False,
               on_progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
     from fxbench.artifacts.run import refuse_fresh_start
     from fxbench.errors import CheckpointError
-    from fxbench.train.loop import Trainer, dist_info
+    from fxbench.runtime import dist_info
+    from fxbench.train.loop import Trainer
 
     run_dir = Path(run_dir)
     if resume and not (run_dir / "checkpoints" / "last.pt").is_file():

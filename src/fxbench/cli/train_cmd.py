@@ -103,7 +103,7 @@ def train(
     from fxbench.config import load_config
     from fxbench.errors import UsageError
     from fxbench.paths import default_runs_root, new_run_dir
-    from fxbench.train.loop import dist_info
+    from fxbench.runtime import dist_info
     from fxbench.workflow import train_run
 
     rank, _world = dist_info()

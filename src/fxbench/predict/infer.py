@@ -35,9 +35,9 @@ def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
 
 def load_run_model(run_dir: Path, which: str = "best", device: torch.device | str = "cpu"):  # type: ignore[no-untyped-def]
     """Rebuild the run's network from its config and load the checkpoint strictly."""
+    from fxbench.artifacts.checkpoint import load_checkpoint, load_weights_into
     from fxbench.models import build_model
     from fxbench.models.wrapper import FxNet
-    from fxbench.train.checkpoint import load_checkpoint, load_weights_into
 
     cfg = load_run_config(run_dir)
     path = checkpoint_path(run_dir, which)
@@ -65,7 +65,7 @@ def predict_split(
     from fxbench.artifacts.predictions import Predictions, save_predictions
     from fxbench.data.dataset import load_prepared
     from fxbench.models.inference import predict_tensors
-    from fxbench.train.loop import pick_amp, pick_device
+    from fxbench.runtime import pick_amp, pick_device
 
     run_dir = Path(run_dir)
     if split not in ("train", "val", "test"):

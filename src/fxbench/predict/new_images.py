@@ -184,7 +184,7 @@ def predict_images(
     from fxbench.models.inference import predict_tensors
     from fxbench.predict.images import collect_inputs, network_input, read_grey
     from fxbench.predict.infer import load_run_model
-    from fxbench.train.loop import pick_amp, pick_device
+    from fxbench.runtime import pick_amp, pick_device
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     inputs = [Path(p) for p in inputs]

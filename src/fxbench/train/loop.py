@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fxbench.artifacts.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from fxbench.artifacts.run import (
     check_selection_metric,
     environment,
@@ -29,9 +30,9 @@ from fxbench.artifacts.run import (
     update_run_json,
 )
 from fxbench.config import Config
-from fxbench.errors import CheckpointError, ConfigError, TrainingDivergedError
+from fxbench.errors import CheckpointError, TrainingDivergedError
 from fxbench.io import sha256_file, write_csv_atomic, write_json_atomic, write_text_atomic
-from fxbench.train.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from fxbench.runtime import dist_info, pick_amp, pick_device, seed_everything
 
 HISTORY_FIELDS = [
     "epoch", "step", "lr", "train_loss", "presence_weight", "seconds", "img_per_s",
@@ -53,40 +54,6 @@ class Progress:
     img_per_s: float
     val: dict[str, float] = field(default_factory=dict)
     event: str = "step"
-
-
-# ------------------------------------------------------------------ runtime set-up
-
-
-def pick_device(kind: str) -> torch.device:
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("runtime.device=cuda but CUDA is not available", "use runtime.device=auto or cpu")
-    if kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(kind)
-
-
-def pick_amp(kind: str, device: torch.device) -> torch.dtype | None:
-    if kind == "none" or (kind == "auto" and device.type != "cuda"):
-        return None
-    if kind == "fp16":
-        return torch.float16
-    if kind == "bf16" or (kind == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world) from torchrun's environment; (0, 1) when not distributed."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 # ------------------------------------------------------------------ schedule
