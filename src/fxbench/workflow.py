@@ -1,6 +1,9 @@
-"""Orchestration over the stages: train sweeps, evaluate a run on a split under the seal.
+"""The application layer: chains of stages that the CLI verbs and the demo call.
 
-The CLI verbs and the demo call these; the stage packages stay independent of each other.
+Train one run, evaluate a run on a split (the test split under the seal). The stage packages
+stay independent of each other; only this module (and cli/) chains them. Sweeps are
+:mod:`fxbench.launch`'s job: it calls :func:`train_run` once per job, so this module never
+imports launch (see the table in docs/internals.md).
 """
 
 from __future__ import annotations
@@ -30,21 +33,6 @@ def train_run(cfg: Config, run_dir: Path, resume: bool = False,
     if not resume and dist_info()[0] == 0:
         refuse_fresh_start(run_dir)
     return Trainer(cfg, run_dir, resume=resume, on_progress=on_progress).run()
-
-
-def train_sweep(cfg: Config, seeds: Sequence[int], root: Path, name: str,
-                on_progress: Callable[[Any], None] | None = None,
-                on_start: Callable[[int, Path], None] | None = None,
-                skip_existing: bool = False) -> dict[str, Any]:
-    """One run folder per seed under ``root/<name>-sweep/seed_<s>`` plus ``sweep.json``, one
-    after another in this process (:mod:`fxbench.launch` runs them in parallel or on SLURM)."""
-    from fxbench.launch.jobs import sweep_jobs
-    from fxbench.launch.local import run_sequential
-
-    sweep = sweep_jobs(cfg, root, name, seeds=seeds)
-    results = run_sequential(sweep, skip_existing, on_progress=on_progress,
-                             on_start=(lambda job: on_start(job.seed, Path(job.run_dir))) if on_start else None)
-    return {"sweep_dir": str(sweep.sweep_dir), "results": [r.record() for r in results]}
 
 
 def _default_decision(cfg: Config) -> dict[str, Any]:
