@@ -288,6 +288,10 @@ def test_yolo_txt_errors_are_one_line(prep: Path, tmp_path: Path) -> None:
     (bad / f"{Path(row['image_id']).stem}.txt").write_text("0 0.5 0.5 0.1 0.1 0.2 0.3 0.4 0.9\n")
     res = runner.invoke(app, ["eval", "--predictions", str(bad), "--prepared", str(prep), "--split", "val"])
     assert res.exit_code != 0 and "class cx cy w h conf" in res.output
+    (tmp_path / "predict" / "labels").mkdir(parents=True)
+    shutil.copy(next(bad.glob("*.txt")), tmp_path / "predict" / "labels")
+    res = runner.invoke(app, ["eval", "--predictions", str(tmp_path / "predict"), "--prepared", str(prep), "--split", "val"])
+    assert res.exit_code != 0 and "labels" in res.output and "--predictions" in res.output
 
 
 # --------------------------------------------------------------------------------------

@@ -155,6 +155,10 @@ def read_yolo_folder(folder: str | Path, rows: list[dict[str, str]], frame: str 
     if found == 0:
         raise DataError(f"{folder} has no YOLO txt file for any of the {len(rows)} images of the split",
                         "point --predictions at the labels/ folder Ultralytics wrote (save_txt=True)")
+    stems = {Path(r["image_id"]).stem for r in rows}
+    outside = sum(1 for f in folder.glob("*.txt") if f.stem not in stems)
+    if outside:
+        notes.append(f"{outside} YOLO txt files name images outside this split; ignored")
     if no_conf:
         notes.append(f"{no_conf} YOLO boxes have no confidence and score 1.0 (AP then ranks them as ties)")
     return det, notes
@@ -231,6 +235,9 @@ def detect_format(path: str | Path) -> str:
         has_png = any(path.glob("*.png"))
         if has_txt and has_png:
             raise DataError(f"{path} holds both .txt and .png files", "keep YOLO txt and mask PNGs in separate folders")
+        if not has_txt and not has_png and any((path / "labels").glob("*.txt")):
+            raise DataError(f"{path} holds no predictions, but {path / 'labels'} has YOLO txt files",
+                            f"pass --predictions {path / 'labels'}")
         return "yolo" if has_txt else "masks"
     raise DataError(f"predictions not found: {path}", "pass a folder of masks or YOLO txt files, or a COCO results .json")
 
