@@ -178,3 +178,12 @@ def read_gt_boxes(prepared_dir: str | Path) -> dict[str, np.ndarray] | None:
         return {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in doc["boxes"].items()}
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"{path} is malformed ({err})", "re-run `fxbench prepare --force`") from err
+
+
+def gt_boxes_of(meta: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The ground-truth boxes of the prepared folder a predictions artifact names
+    (``meta["prepared"]``); None when it names none, is not on this machine, or predates boxes.json."""
+    prepared = meta.get("prepared")
+    if not prepared or not Path(prepared).is_dir():
+        return None
+    return read_gt_boxes(prepared)

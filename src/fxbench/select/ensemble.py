@@ -256,8 +256,11 @@ def evaluate_into(
     if split == "test":
         raise ProtocolError("internal: test metrics are written only by fxbench.select.seal.score_under_seal")
 
+    from fxbench.data.boxes import gt_boxes_of
+
     metrics = evaluate_predictions(
-        pred, decision.to_dict(), bootstrap=bootstrap, seed=seed, subgroups=subgroups_for(pred), resolution="cache"
+        pred, decision.to_dict(), bootstrap=bootstrap, seed=seed, subgroups=subgroups_for(pred), resolution="cache",
+        gt_boxes=gt_boxes_of(pred.meta), box_score=decision.to_dict().get("box_score") or "max",
     )
     metrics.update(
         split=split,

@@ -236,14 +236,20 @@ def cache_scorer(bootstrap: int = 2000, seed: int = 0, subgroups: Any = None, **
     """The default scorer: :func:`fxbench.evaluate.evaluate_predictions` at cache resolution.
 
     ``subgroups`` is an array dict, or a callable ``pred -> dict | None``; ``kwargs`` go to
-    ``evaluate_predictions`` (``resolution``, ``native_masks_loader``).
+    ``evaluate_predictions`` (``resolution``, ``native_masks_loader``). Box metrics are scored
+    against the boxes.json of the prepared folder the predictions name, with the decision's
+    ``box_score`` (default ``max``), unless ``gt_boxes`` is given.
     """
 
     def score(pred: Any, decision: Decision) -> dict[str, Any]:
+        from fxbench.data.boxes import gt_boxes_of
         from fxbench.evaluate import evaluate_predictions
 
         groups = subgroups(pred) if callable(subgroups) else subgroups
         kw = {"resolution": "cache", **kwargs}
+        if "gt_boxes" not in kw:
+            kw["gt_boxes"] = gt_boxes_of(pred.meta)
+            kw.setdefault("box_score", decision.to_dict().get("box_score") or "max")
         return evaluate_predictions(pred, decision.to_dict(), bootstrap=bootstrap, seed=seed, subgroups=groups, **kw)
 
     return score
