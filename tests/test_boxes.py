@@ -352,8 +352,8 @@ def test_export_yolo_layout_and_loader(prep: Path, tmp_path: Path) -> None:
 
 
 def test_native_window_boxes_equal_full_upsampling() -> None:
+    from fxbench.artifacts.predictions import Predictions
     from fxbench.evaluate.native import to_native, to_native_window
-    from fxbench.predict.artifact import Predictions
 
     rng = np.random.default_rng(3)
     s, n = 16, 6
@@ -388,8 +388,8 @@ def test_native_window_boxes_equal_full_upsampling() -> None:
 
 
 def test_tune_chooses_the_box_score_on_val(tmp_path: Path) -> None:
-    from fxbench.predict.artifact import Predictions
-    from fxbench.select.decision import Decision
+    from fxbench.artifacts.decision import Decision
+    from fxbench.artifacts.predictions import Predictions
     from fxbench.select.tune import choose_box_score
 
     probs = np.zeros((2, 16, 16), np.float16)

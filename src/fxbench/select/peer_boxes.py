@@ -275,7 +275,7 @@ def box_peer_decision(presence_threshold: float = 0.5) -> Any:
     ``threshold`` is unused by box scoring (boxes come thresholded); presence is the highest
     box confidence, positive at ``presence_threshold``.
     """
-    from fxbench.select.decision import Decision
+    from fxbench.artifacts.decision import Decision
 
     return Decision(threshold=0.5, presence_source="max_box_confidence", presence_threshold=float(presence_threshold),
                     min_component=0, tta="none", selected_on="user", source="user-fixed", kind="peer")
@@ -351,7 +351,7 @@ def score_peer_boxes(
         return score_box_predictions(p, gt, d.presence_threshold, bootstrap, seed)
 
     out = Path(out_dir)
-    from fxbench.select.decision import write_decision
+    from fxbench.artifacts.decision import write_decision
 
     write_decision(out / "decision.json", decision)
     if split == "test":
