@@ -246,6 +246,29 @@ def test_predict_matches_eval_on_the_same_image(run: Path, tmp_path: Path) -> No
         assert (got != expected).mean() < 1e-3  # float16 ties at the threshold at most
 
 
+@pytest.mark.parametrize("source", ["mean", "pred_area"])
+def test_predict_scores_the_seed_presence_modes_like_eval(run: Path, tmp_path: Path, source: str) -> None:
+    """A decision on ``mean`` or ``pred_area`` (issue 13) gives predict the score eval computes."""
+    from fxbench.data.cache import load_cache
+    from fxbench.evaluate import with_derived_presence
+
+    pred = load_predictions(run / "predictions" / "val.npz")
+    cache = load_cache(Path(pred.meta["prepared"]) / "cache" / "128.npz")
+    idx = {iid: i for i, iid in enumerate(cache.image_ids)}
+    Image.fromarray(cache.images[idx[pred.image_ids[0]]]).save(tmp_path / "0.png")
+    base = json.loads((run / "decision.json").read_text())
+    dec = write_decision(tmp_path / "d.json", Decision(
+        threshold=base["threshold"], presence_source=source, presence_threshold=0.5, tta="none",
+        selected_on="user", source="user-fixed",
+    ))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", str(run), str(tmp_path / "0.png"), "-o", str(out), "--device", "cpu",
+                                      "--decision", str(dec)])
+    assert result.exit_code == 0, result.output
+    want = with_derived_presence(pred, base["threshold"]).presence[source][0]
+    assert float(_rows(out)[str(tmp_path / "0.png")]["presence_probability"]) == pytest.approx(float(want), abs=1e-5)
+
+
 def test_predict_refuses_bad_decisions_and_inputs(run: Path, folder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     img = folder["root"] / "knee.png"
     r = CliRunner().invoke(app, ["predict", str(run), str(img), "-o", str(tmp_path / "o"),

@@ -278,3 +278,64 @@ def test_config_validate_checks_timm_encoders_offline(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown timm model 'resnet343'" in res.output and "resnet34" in res.output
     cfg.write_text("model: {name: timm_unet, encoder: resnet18}\n")
     assert runner.invoke(app, ["config", "validate", str(cfg)]).exit_code == 0
+
+
+# --------------------------------------------------------------------------------------
+# docs/seed_parity.md: every seed config key has a row, every fxbench key named exists
+
+#: Every key the seed's trainers read (seed spec 2.1), as the table writes them.
+SEED_KEYS = [
+    "seed", "task", "dataset.name", "dataset.manifest", "input.image_size", "input.preserve_aspect",
+    "model.name", "model.in_channels", "model.out_channels", "model.base_channels", "model.pretrained",
+    "model.pretrained_backbone", "model.cls_hidden", "model.cls_dropout", "model.context_channels",
+    "model.pseudo_depth", "model.depth_reduce", "model.pseudo_mode", "model.use_depth_bias",
+    "loss.name", "loss.bce_weight", "loss.dice_weight", "loss.dice_positive_only", "loss.pos_weight",
+    "loss.focal_weight", "loss.tversky_weight", "loss.focal_gamma", "loss.focal_alpha", "loss.tversky_alpha",
+    "tversky_beta", "tversky_gamma", "loss.presence_bce_weight", "loss.presence_bce_warmup_epochs",
+    "training.batch_size", "training.num_workers", "training.epochs", "training.learning_rate", "training.min_lr",
+    "training.weight_decay", "training.optimizer", "training.betas", "training.beta1", "training.beta2",
+    "training.eps", "training.momentum", "training.nesterov", "training.scheduler", "training.max_lr",
+    "pct_start", "div_factor", "final_div_factor", "training.onecycle_pct_start", "onecycle_anneal_strategy",
+    "onecycle_div_factor", "onecycle_final_div_factor", "training.grad_clip_norm", "training.ema.enabled",
+    "ema.decay", "ema.warmup_steps", "training.balanced_sampling", "training.augment", "training.selection_metric",
+    "training.max_train_batches", "training.max_eval_batches", "training.patch.enabled", "patch.size",
+    "patch.positive_prob", "patch.hard_negative_prob", "patch.hard_negative_quantile",
+    "positive_aug_multiplier", "affine_prob", "affine_max_degrees", "affine_translate_frac", "affine_scale_min",
+    "affine_scale_max", "jitter_prob", "brightness", "contrast", "gamma_prob", "gamma_min", "gamma_max",
+    "autocontrast_prob", "blur_prob", "blur_kernel", "blur_sigma_min", "blur_sigma_max", "noise_prob",
+    "noise_std_min", "noise_std_max", "cutout_prob", "cutout_frac_min", "cutout_frac_max",
+    "evaluation.threshold", "evaluation.tta", "evaluation.presence_score_mode", "evaluation.presence_topk_frac",
+    "evaluation.presence_threshold", "runtime.device", "runtime.amp", "threshold_tuning.enabled",
+    "final_eval.use_full_eval",
+]  # fmt: skip
+
+
+def _table_rows() -> list[list[str]]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "seed_parity.md").read_text(encoding="utf-8")
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    return rows
+
+
+def test_seed_parity_table_has_every_seed_key() -> None:
+    import re
+
+    seed_column = " ".join(r[0] for r in _table_rows())
+    named = set(re.findall(r"`([^`]+)`", seed_column))
+    listed = {part.strip() for item in named for part in item.split(",")}
+    missing = [k for k in SEED_KEYS if k not in listed and f"`{k}`" not in seed_column]
+    assert not missing, missing
+
+
+def test_seed_parity_table_names_only_real_fxbench_keys() -> None:
+    import re
+
+    from fxbench.config import all_keys
+
+    keys = set(all_keys())
+    sections = "data|model|loss|sampler|augment|optim|schedule|train|eval|runtime"
+    named = {t for r in _table_rows() for t in re.findall(r"`([^`]+)`", r[1])}
+    wrong = [t for t in named if re.fullmatch(rf"({sections})\.[a-z_.]+", t) and t not in keys]
+    assert not wrong, wrong

@@ -64,7 +64,7 @@ def _cache_images(pred: Any, prepared: Path | None, memo: dict[Path, Any]) -> An
 def _plot_entry(row: dict[str, Any], pdir: Path, prepared: Path | None, cases: int,
                 memo: dict[Path, Any], curves: dict[str, list[Any]]) -> dict[str, str]:
     from fxbench.artifacts.predictions import load_predictions
-    from fxbench.evaluate import resolve_presence_source
+    from fxbench.evaluate import resolve_presence_source, with_derived_presence
     from fxbench.report import plots
 
     folder, split, name = Path(row["path"]), row["split"], row["name"]
@@ -82,8 +82,9 @@ def _plot_entry(row: dict[str, Any], pdir: Path, prepared: Path | None, cases: i
     art = folder / "predictions" / f"{split}.npz" if split else None
     if art is None or not art.is_file():
         return files
-    pred = load_predictions(art)
     decision = _decision_for(folder, split)
+    # pred_area exists at the decision's pixel threshold only (never stored in the artifact)
+    pred = with_derived_presence(load_predictions(art), float(decision["threshold"]), int(decision.get("min_component") or 0))
     source = resolve_presence_source(pred, decision["presence_source"])
     decision["presence_source"] = source
     entry = [(name, pred.presence[source], pred.labels)]
