@@ -45,6 +45,7 @@ t0=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
 fail() { echo "SLURM CHECK FAILED: $*"; for f in "$T"/slurmctld.log "$T"/slurmd.log; do echo "--- tail $f"; tail -n 15 "$f" 2>/dev/null; done; exit 1; }
 PY=${FXBENCH_PYTHON:-python3}
+NCPU=$(getconf _NPROCESSORS_ONLN)
 export PYTHONPATH="$HERE/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 FXBENCH_HOME=$WORK/home
 
 stamp "slurm-wlm and munge"
@@ -56,7 +57,7 @@ slurmctld -V
 $PY -c "import fxbench, submitit; print('fxbench', fxbench.__version__, 'from', fxbench.__file__, '; submitit', submitit.__version__)" \
   || fail "$PY cannot import fxbench and submitit (pip install 'fxbench[slurm]')"
 
-stamp "start munged, slurmctld, slurmd (one node: $(hostname -s), $(nproc) CPUs)"
+stamp "start munged, slurmctld, slurmd (one node: $(hostname -s), $NCPU CPUs)"
 dd if=/dev/urandom of="$T/munge.key" bs=1024 count=1 status=none && chmod 400 "$T/munge.key"
 munged --force --key-file="$T/munge.key" --socket="$T/munge.sock" --pid-file="$T/munged.pid" \
   --log-file="$T/munged.log" --seed-file="$T/munged.seed" || fail "munged did not start"
@@ -86,13 +87,14 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,sched_min_interval=0
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=10
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$NCPU State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=60 State=UP
 EOF
 export SLURM_CONF=$T/slurm.conf
@@ -160,8 +162,8 @@ for s in 1 2; do
   same_files "$WORK/slurm/chk-sweep/seed_$s" "$WORK/local/chk-sweep/seed_$s" || fail "seed $s differs from the local run"
 done
 
-stamp "pre-emption: SIGUSR1 mid-training, the job checkpoints, requeues, resumes (train.epochs=40)"
-$FX train "${SETS[@]}" --set train.epochs=40 --seeds 7 --name pre --run-dir "$WORK/slurm" "${SLURM_SETS[@]}" \
+stamp "pre-emption: SIGUSR1 mid-training, the job checkpoints, requeues, resumes (train.epochs=20)"
+$FX train "${SETS[@]}" --set train.epochs=20 --seeds 7 --name pre --run-dir "$WORK/slurm" "${SLURM_SETS[@]}" \
   || fail "submission"
 PRE=$WORK/slurm/pre-sweep/seed_7
 JOB=$($PY -c "import json; print(json.load(open('$WORK/slurm/pre-sweep/sweep.json'))['launcher']['job_ids']['seed_7'])")
@@ -182,7 +184,7 @@ wait_sweep "$WORK/slurm/pre-sweep" 1 300 || fail "the requeued job did not finis
 scontrol show job "$JOB" 2>/dev/null | grep -oE "Restarts=[0-9]+" | head -n 1
 grep -hE "requeued|fxbench job" "$WORK"/slurm/pre-sweep/slurm/*_log.out | sed 's/^/  log: /'
 grep -q '"resumed"' "$PRE/run.json" || fail "run.json has no resumed time: the job started over"
-$FX train "${SETS[@]}" --set train.epochs=40 --seeds 7 --name pre --run-dir "$WORK/local" --quiet > /dev/null 2>&1 \
+$FX train "${SETS[@]}" --set train.epochs=20 --seeds 7 --name pre --run-dir "$WORK/local" --quiet > /dev/null 2>&1 \
   || fail "local reference of the pre-emption job"
 $PY - "$PRE" "$WORK/local/pre-sweep/seed_7" <<'EOF' || fail "the resumed run differs from the uninterrupted one"
 import sys, torch
