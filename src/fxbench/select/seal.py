@@ -14,7 +14,7 @@ import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fxbench.artifacts.decision import (
     DECISION_FILE,
@@ -27,9 +27,6 @@ from fxbench.artifacts.decision import (
 )
 from fxbench.errors import DataError, ProtocolError, UsageError
 from fxbench.io import sha256_file, write_json_atomic
-
-if TYPE_CHECKING:
-    from fxbench.artifacts.predictions import Predictions
 
 #: Append-only record of test evaluations inside a run folder.
 TEST_ACCESS_LOG = "test_access.log"
@@ -261,7 +258,7 @@ def _command_str(command: str | Sequence[str]) -> str:
 
 def score_under_seal(
     folder: str | Path,
-    predictions: Predictions | Callable[[Decision], Any],
+    predictions: Any,
     *,
     kind: str,
     command: str | Sequence[str],
@@ -300,7 +297,10 @@ def score_under_seal(
 
     Args:
         folder: where metrics/test.json and test_access.log go (run, ensemble, blend, peer folder).
-        predictions: the test predictions, or a callable producing them after authorisation.
+        predictions: the test predictions (a :class:`~fxbench.predict.artifact.Predictions`, or
+            anything a custom scorer reads, e.g. box predictions; with a ``meta`` mapping its
+            ``split`` must be ``test``), or a callable ``decision -> predictions`` called only
+            after authorisation.
         kind: what is scored (see :data:`KINDS`); recorded in the metrics and the logs.
         command: the command line, recorded in the logs.
         decision_path / threshold / decision: the operating point; see :func:`authorize_test`.
