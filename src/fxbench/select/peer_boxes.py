@@ -358,7 +358,7 @@ def score_peer_boxes(
         from fxbench.select.seal import score_under_seal
 
         # The seal checks pred.meta["split"]; the scorer is ours, so boxes need no Predictions artifact.
-        return score_under_seal(out, pred, kind="peer", command=command, decision=decision,  # type: ignore[arg-type]
+        return score_under_seal(out, pred, kind="peer", command=command, decision=decision,
                                 scorer=score, extra={"source_dir": str(Path(path).resolve())})
     metrics = score(pred, decision)
     write_json_atomic(out / "metrics" / f"{split}.json", metrics)

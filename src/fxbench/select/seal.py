@@ -297,7 +297,7 @@ def score_under_seal(
 
     Args:
         folder: where metrics/test.json and test_access.log go (run, ensemble, blend, peer folder).
-        predictions: the test predictions (a :class:`~fxbench.predict.artifact.Predictions`, or
+        predictions: the test predictions (a :class:`~fxbench.artifacts.predictions.Predictions`, or
             anything a custom scorer reads, e.g. box predictions; with a ``meta`` mapping its
             ``split`` must be ``test``), or a callable ``decision -> predictions`` called only
             after authorisation.
