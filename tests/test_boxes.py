@@ -142,11 +142,25 @@ def test_random_boxes_give_what_pycocotools_gives() -> None:
         if i in gt:  # near-misses and hits so AP is neither 0 nor 1
             boxes = np.vstack([boxes, gt[i] + np.hstack([rng.normal(0, 4, (len(gt[i]), 2)), np.zeros((len(gt[i]), 2))])])
         det[i] = (boxes, rng.random(len(boxes)))
-    ours = box_point_estimates(match_boxes(ids, labels, gt, det))
+    matches = match_boxes(ids, labels, gt, det)
+    ours = box_point_estimates(matches)
     ap50, ap = _reference_coco(ids, gt, det)
     assert 0.05 < ap50 < 0.95
     assert ours["box_ap50"] == pytest.approx(ap50, abs=1e-12)
     assert ours["box_ap50_95"] == pytest.approx(ap, abs=1e-12)
+    # Each bootstrap resample equals plain pycocotools on the resampled images (repeats as new images).
+    from fxbench.evaluate.bootstrap import stratified_indices
+    from fxbench.evaluate.boxes import box_bootstrap_rows
+
+    idx = stratified_indices(labels, 3, seed=11)
+    rows = box_bootstrap_rows(matches, idx)
+    for r in range(3):
+        draw = [f"{k}:{ids[i]}" for k, i in enumerate(idx[r])]
+        gt_r = {d: gt[d.split(":", 1)[1]] for d in draw if d.split(":", 1)[1] in gt}
+        det_r = {d: det[d.split(":", 1)[1]] for d in draw}
+        ref50, ref = _reference_coco(draw, gt_r, det_r)
+        assert rows["box_ap50"][r] == pytest.approx(ref50, abs=1e-12)
+        assert rows["box_ap50_95"][r] == pytest.approx(ref, abs=1e-12)
 
 
 def test_froc_by_hand() -> None:

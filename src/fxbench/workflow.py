@@ -95,7 +95,7 @@ def evaluate_run(
             resolution=resolution or cfg.eval.resolution,
             native_masks_loader=_native_loader(run_dir, cfg, prepared),
             gt_boxes=_gt_boxes(run_dir, cfg, prepared) if cfg.eval.boxes else None,
-            box_score=decision.get("box_score") or cfg.eval.box_score,
+            box_score=decision.get("box_score") or cfg.eval.box_score, box_bootstrap=cfg.eval.box_bootstrap,
         )
         metrics.update(split=split, run=run_dir.name, tta=decision["tta"], decision_source=decision.get("source"),
                        predictions_sha256=sha256_file(art), checkpoint=ckpt_name)

@@ -245,24 +245,74 @@ def _ap_from_precision(precision: np.ndarray, iou_thrs: np.ndarray) -> tuple[flo
 
 
 def _accumulate(matches: BoxMatches, order: np.ndarray | None) -> tuple[float, float]:
-    """pycocotools' accumulate over the images ``order`` (with repeats) -> (AP50, AP50:95)."""
+    """pycocotools' accumulate over the images ``order`` (with repeats) -> (AP50, AP50:95).
+
+    For a resample, the drawn images' match records are concatenated (in draw order, which is
+    the order accumulate itself concatenates them in) into one record, and the library's
+    ``accumulate`` runs on it: the same numbers as on a list of the drawn images' records,
+    without accumulate's per-image concatenation for each of thousands of resamples.
+    """
     base = matches.coco_eval
     if order is None:
         ev = base
     else:
+        table = _match_table(matches)
+        counts = table["n_det"][order]
+        total = int(counts.sum())
+        sel = np.repeat(table["start"][order] - np.cumsum(counts) + counts, counts) + np.arange(total)
+        gt_counts = table["n_gtig"][order]
+        gsel = (np.repeat(table["gstart"][order] - np.cumsum(gt_counts) + gt_counts, gt_counts)
+                + np.arange(int(gt_counts.sum())))
+        merged = {"dtScores": table["scores"][sel], "dtMatches": table["dtm"][:, sel],
+                  "dtIgnore": table["dtig"][:, sel], "gtIgnore": table["gtig"][gsel]}
         ev = copy.copy(base)
         ev.params = copy.copy(base.params)
         ev._paramsEval = copy.copy(base._paramsEval)
-        ev.params.imgIds = ev._paramsEval.imgIds = list(range(len(order)))
-        ev.evalImgs = [base.evalImgs[i] for i in order]
+        ev.params.imgIds = ev._paramsEval.imgIds = [0]
+        ev.params.maxDets = ev._paramsEval.maxDets = [max(total, 1)]  # each record is capped already
+        ev.evalImgs = [merged]
     with _quiet():
         ev.accumulate()
     return _ap_from_precision(ev.eval["precision"], base.params.iouThrs)
 
 
+def _match_table(matches: BoxMatches) -> dict[str, np.ndarray]:
+    """pycocotools' per-image records (``evalImgs``) as one table with per-image offsets (cached)."""
+    cached = getattr(matches, "_table", None)
+    if cached is not None:
+        return cached
+    t = len(matches.coco_eval.params.iouThrs)
+    scores, dtm, dtig, gtig = [], [], [], []
+    n_det = np.zeros(matches.n, dtype=np.int64)
+    n_gtig = np.zeros(matches.n, dtype=np.int64)
+    for k, e in enumerate(matches.coco_eval.evalImgs):
+        if e is None:
+            continue
+        n_det[k], n_gtig[k] = len(e["dtScores"]), len(e["gtIgnore"])
+        scores.append(np.asarray(e["dtScores"], dtype=np.float64))
+        dtm.append(np.asarray(e["dtMatches"]).reshape(t, -1))
+        dtig.append(np.asarray(e["dtIgnore"]).reshape(t, -1))
+        gtig.append(np.asarray(e["gtIgnore"]).reshape(-1))
+    table = {
+        "scores": np.concatenate(scores) if scores else np.zeros(0),
+        "dtm": np.concatenate(dtm, axis=1) if dtm else np.zeros((t, 0)),
+        "dtig": np.concatenate(dtig, axis=1) if dtig else np.zeros((t, 0), dtype=bool),
+        "gtig": np.concatenate(gtig) if gtig else np.zeros(0),
+        "n_det": n_det, "start": np.cumsum(n_det) - n_det,
+        "n_gtig": n_gtig, "gstart": np.cumsum(n_gtig) - n_gtig,
+    }
+    matches._table = table  # type: ignore[attr-defined]
+    return table
+
+
 def _froc_rows(matches: BoxMatches, weights: np.ndarray) -> np.ndarray:
     """FROC sensitivities float64 [B, len(FROC_FP_RATES)] for image weights [B,N] (draw counts)."""
     b = weights.shape[0]
+    if matches.det_score.size and b > 1:
+        # [B, D] work arrays: chunk the resamples so a weak model's many boxes stay in memory bounds.
+        step = max(1, int(4_000_000 // matches.det_score.size))
+        if step < b:
+            return np.concatenate([_froc_rows(matches, weights[i:i + step]) for i in range(0, b, step)])
     n_images = weights.sum(axis=1).astype(np.float64)
     n_gt = (weights * matches.n_gt[None, :]).sum(axis=1).astype(np.float64)
     out = np.zeros((b, len(FROC_FP_RATES)))

@@ -217,6 +217,7 @@ def evaluate_predictions(
     native_masks_loader: NativeMaskLoader | None = None,
     gt_boxes: Mapping[str, np.ndarray] | None = None,
     box_score: str = "max",
+    box_bootstrap: int | None = None,
 ) -> dict[str, Any]:
     """The whole ``RUN/metrics/<split>.json`` body.
 
@@ -235,6 +236,7 @@ def evaluate_predictions(
             body gets a ``boxes`` section (:mod:`fxbench.evaluate.boxes`),
             always scored at native resolution whatever ``resolution`` says.
         box_score: ``max`` or ``mean`` probability of a component (its box's score).
+        box_bootstrap: resamples for the box CIs (None = ``bootstrap``; capped at ``bootstrap``).
 
     Returns:
         A JSON-ready dict (NaN where undefined; write it with ``fxbench.io.write_json_atomic``,
@@ -304,6 +306,7 @@ def evaluate_predictions(
         from fxbench.evaluate.boxes import box_metrics, prediction_box_matches
 
         matches = prediction_box_matches(pred, view, gt_boxes, box_score)
-        body["boxes"] = box_metrics(matches, bootstrap, seed, box_score=box_score,
+        n_box = bootstrap if box_bootstrap is None else min(int(box_bootstrap), bootstrap)
+        body["boxes"] = box_metrics(matches, n_box, seed, box_score=box_score,
                                     source=f"components of prob >= {view.threshold} at native resolution")
     return body
