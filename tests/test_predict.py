@@ -187,6 +187,9 @@ def test_predict_folder_writes_native_masks_overlays_and_rows(predicted, folder,
             mask = np.asarray(im)
         assert set(np.unique(mask)) <= {0, 255}
         assert int(row["fracture_area_px"]) == int((mask > 0).sum())
+        # one rule: a non-empty mask only with a positive call; the ungated count stays visible
+        assert int(row["decision"]) or int(row["fracture_area_px"]) == 0
+        assert int(row["pixels_above_threshold"]) >= int(row["fracture_area_px"])
         assert int(row["components"]) == label_components(mask > 0)[1]
         total_area += int(row["fracture_area_px"])
         with Image.open(out / row["overlay"]) as ov:
@@ -240,6 +243,9 @@ def test_predict_matches_eval_on_the_same_image(run: Path, tmp_path: Path) -> No
         row = rows[str(tmp_path / f"{i}.png")]
         assert float(row["presence_probability"]) == pytest.approx(float(pred.presence["head"][i]), abs=1e-5)
         expected = threshold_probs(to_native(pred.probs[i], pred.boxes[i], pred.native_hw[i]), thr)
+        assert abs(int(row["pixels_above_threshold"]) - int(expected.sum())) <= 1e-3 * expected.size
+        if not int(row["decision"]):  # gated by the image decision (predict's documented rule)
+            expected = np.zeros_like(expected)
         with Image.open(out / row["mask"]) as im:
             got = np.asarray(im) > 0
         assert got.shape == expected.shape
@@ -409,3 +415,55 @@ def test_network_input_repeats_the_cache_then_resize_path() -> None:
     same, box64 = pimages.network_input(img, 64)
     np.testing.assert_array_equal(same, pimages.letterbox(img, None, 64)[0])
     assert tuple(box64) == pimages.letterbox(img, None, 64)[2]
+
+
+# ---------------------------------------------------------------------------------- one rule, no empty output
+
+
+def test_full_image_mask_comes_with_a_positive_call(run: Path, folder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A tiny pixel threshold makes every pixel a fracture pixel: a positive call draws the full mask
+    (filled, not just an outline); a negative call writes an empty mask, never a full one."""
+    img = folder["root"] / "knee.png"
+    for pres_thr, positive in ((0.0, True), (1.01, False)):
+        dec = write_decision(tmp_path / f"d{pres_thr}.json", Decision(
+            threshold=1e-4, presence_source="head", presence_threshold=pres_thr, tta="none",
+            selected_on="user", source="user-fixed"))
+        out = tmp_path / f"o{pres_thr}"
+        r = CliRunner().invoke(app, ["predict", str(run), str(img), "-o", str(out), "--decision", str(dec),
+                                     "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        row = next(iter(_rows(out).values()))
+        h, w = 130, 90
+        assert int(row["pixels_above_threshold"]) == h * w
+        assert int(row["decision"]) == int(positive)
+        assert int(row["fracture_area_px"]) == (h * w if positive else 0)
+        with Image.open(out / row["overlay"]) as ov:
+            rgb = np.asarray(ov.convert("RGB")).astype(int)
+        grey = np.asarray(Image.open(img)).astype(int)
+        centre = (slice(h // 3, 2 * h // 3), slice(w // 4, 3 * w // 4))  # away from the label box
+        red_shift = (rgb[..., 0] - rgb[..., 1])[centre]
+        if positive:
+            assert (red_shift > 40).all()  # the whole image is tinted red
+        else:
+            assert (rgb[..., 0][centre] == grey[centre]).all()  # untouched
+
+
+def test_labels_show_the_side_of_the_threshold() -> None:
+    from fxbench.predict.new_images import decision_label, side_digits
+
+    assert side_digits(0.4312, 0.4349) == ("0.4312", "0.4349")
+    assert side_digits(0.43496, 0.435) == ("0.43496", "0.43500")  # rounding is monotone: order kept
+    assert decision_label(0.4312, 0.4349, 0) == "fracture: no (p 0.4312 < 0.4349)"
+    assert decision_label(0.43501, 0.435, 1) == "fracture: YES (p 0.43501 >= 0.43500)"
+    assert decision_label(0.9, 0.5, 1) == "fracture: YES (p 0.90 >= 0.50)"
+
+
+def test_no_readable_image_fails_and_writes_nothing(run: Path, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_text("not a JPEG\n")
+    (tmp_path / "in" / "b.png").write_bytes(b"")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["predict", str(run), str(tmp_path / "in"), "-o", str(out), "--device", "cpu"])
+    assert r.exit_code == 3, r.output
+    assert "none of the 2 input files is a readable image" in r.output
+    assert not out.exists()

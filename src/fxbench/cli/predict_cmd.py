@@ -33,11 +33,16 @@ def predict(
 
         summary = predict_images(run, inputs, out, decision_path=decision, tta=tta, which=which, device=device,
                                  on_progress=tick)
-    console.print(f"predicted {summary['predicted']} images -> {out}/predictions.csv, masks/, overlays/", markup=False)
+    n = summary["predicted"]
+    console.print(f"predicted {n} image{'s' if n != 1 else ''} ({summary['positive']} with a fracture call) -> "
+                  f"{out}/predictions.csv, masks/, overlays/", markup=False)
+    console.print(f"rule: fracture when presence ({summary['presence_source']}) >= {summary['presence_threshold']:.4g}; "
+                  f"masks (pixels >= {summary['threshold']:.4g}) are kept for those images only", markup=False)
     for err in summary["errors"]:
         console.print(f"skipped: {err['error']}", markup=False)
     if summary["errors"]:
-        console.print(f"{len(summary['errors'])} unreadable files listed in {out}/errors.csv", markup=False)
+        k = len(summary["errors"])
+        console.print(f"{k} unreadable file{'s' if k != 1 else ''} listed in {out}/errors.csv", markup=False)
 
 
 def register(app: typer.Typer) -> None:

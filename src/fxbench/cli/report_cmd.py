@@ -31,7 +31,7 @@ def report(
     rows = summary["rows"]
     if json_out:
         out.print(json.dumps(rows, default=str), markup=False)
-    table = Table(title=f"leaderboard ({len(rows)} entries)")
+    table = Table(title=f"leaderboard ({len(rows)} {'entry' if len(rows) == 1 else 'entries'})")
     numeric = ("#", "dice_pos", "AUC", "AP", "test acc.", "max acc.")
     for col in ("#", "name", "kind", "split", "dice_pos", "AUC", "AP", "decision", "test acc.", "max acc."):
         table.add_column(col, justify="right" if col in numeric else "left")

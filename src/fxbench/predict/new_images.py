@@ -1,14 +1,24 @@
 """``fxbench predict``: a trained run on the user's own images.
 
-Per readable image: ``masks/<name>.png`` at native size (0/255), ``overlays/<name>.png`` (red
-contour + presence probability in the corner) and one row in ``predictions.csv`` / ``.json``.
-Unreadable files are listed in ``errors.csv`` and skipped; the batch goes on.
+Per readable image: ``masks/<name>.png`` at native size (0/255), ``overlays/<name>.png`` (the
+mask as a semi-transparent red fill with its outline, and the presence score against its
+threshold in the corner) and one row in ``predictions.csv`` / ``.json``. Unreadable files are
+listed in ``errors.csv`` and skipped; the batch goes on. When no input is readable nothing is
+written and the call fails (:class:`~fxbench.errors.DataError`).
 
-The pixel rule is the one ``fxbench eval --resolution native`` scores with: the network's
-probability map (stored as float16, like the predictions artifact), components smaller than
-the decision's ``min_component`` removed at network resolution, the letterbox inverted with
-:func:`fxbench.evaluate.native.to_native`, then ``prob >= threshold``. Components are counted
-with 8-connectivity, as in the lesion metrics.
+**One rule for the decision and the mask** (so the two never contradict each other):
+
+1. decision = presence score >= the decision's ``presence_threshold`` (the rule eval's
+   ``precision_presence`` etc. use);
+2. the pixel mask is the one ``fxbench eval --resolution native`` scores with: the network's
+   probability map (float16, like the predictions artifact), components smaller than the
+   decision's ``min_component`` removed at network resolution, the letterbox inverted with
+   :func:`fxbench.evaluate.native.to_native`, then ``prob >= threshold``;
+3. the written mask is that pixel mask for images decided positive and empty for the others:
+   a non-empty mask always comes with decision 1. ``pixels_above_threshold`` keeps the
+   ungated pixel count, so a negative call with many bright pixels stays visible in the table.
+
+Components are counted with 8-connectivity, as in the lesion metrics.
 """
 
 from __future__ import annotations
@@ -33,8 +43,10 @@ BATCH = 8
 class ImageResult:
     file: str
     presence_probability: float
+    presence_threshold: float
     decision: int
     fracture_area_px: int
+    pixels_above_threshold: int
     components: int
     width: int
     height: int
@@ -72,9 +84,31 @@ def _unique(stem: str, path: Path, used: set[str]) -> str:
     return f"{candidates[1]}-{k}"
 
 
-def overlay_png(grey: np.ndarray, mask: np.ndarray, presence: float, decided: int) -> bytes:
-    """RGB PNG of ``grey`` with the mask's outline in red and the presence score in the corner.
+def side_digits(value: float, threshold: float, least: int = 2, most: int = 6) -> tuple[str, str]:
+    """``value`` and ``threshold`` printed with the fewest digits (``least``..``most``) that tell
+    them apart, so a rounded label never hides which side of the threshold a score is on
+    (rounding is monotone, so distinct printed values keep their order). A short threshold
+    (0.435) is never shown shorter than it is, up to 4 digits."""
+    short = next((d for d in range(least, 5) if float(f"{threshold:.{d}f}") == threshold), 4)
+    for d in range(max(least, short), most + 1):
+        a, b = f"{value:.{d}f}", f"{threshold:.{d}f}"
+        if a != b:
+            return a, b
+    return f"{value:.{most}f}", f"{threshold:.{most}f}"
 
+
+def decision_label(presence: float, threshold: float, decided: int) -> str:
+    """``fracture: YES (p 0.4312 >= 0.4300)`` / ``fracture: no (p 0.4288 < 0.4300)``."""
+    a, b = side_digits(presence, threshold)
+    return f"fracture: YES (p {a} >= {b})" if decided else f"fracture: no (p {a} < {b})"
+
+
+def overlay_png(grey: np.ndarray, mask: np.ndarray, presence: float, decided: int,
+                presence_threshold: float = 0.5) -> bytes:
+    """RGB PNG of ``grey`` with the mask filled semi-transparently in red (outline opaque), and
+    the decision with the presence score against its threshold in the corner.
+
+    A mask covering the whole image therefore reads as "all of it", not as "nothing found".
     Line width and text size grow with the image, so both stay visible on a full-size radiograph.
     """
     from PIL import Image, ImageDraw, ImageFont
@@ -82,21 +116,28 @@ def overlay_png(grey: np.ndarray, mask: np.ndarray, presence: float, decided: in
     from skimage.segmentation import find_boundaries
 
     h, w = grey.shape
-    rgb = np.repeat(grey[..., None], 3, axis=2).copy()
-    edge = find_boundaries(mask > 0, mode="thick")
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    inside = mask > 0
+    rgb[inside] = 0.6 * rgb[inside] + 0.4 * np.array([255, 40, 40], np.float32)
+    rgb = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    edge = find_boundaries(inside, mode="inner")
+    edge[0, :], edge[-1, :], edge[:, 0], edge[:, -1] = inside[0, :], inside[-1, :], inside[:, 0], inside[:, -1]
     grow = max(0, round(min(h, w) / 500))
     if grow and edge.any():
-        edge = binary_dilation(edge, iterations=grow)
+        edge = binary_dilation(edge, iterations=grow) & inside
     rgb[edge] = (255, 40, 40)
     im = Image.fromarray(rgb)
     draw = ImageDraw.Draw(im)
-    text = f"fracture p={presence:.2f} {'YES' if decided else 'no'}"
+    text = decision_label(presence, presence_threshold, decided)
     font_px = max(11, min(h, w) // 30)
     try:
         font = ImageFont.load_default(size=font_px)
     except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
         font = ImageFont.load_default()
     x0, y0, x1, y1 = draw.textbbox((4, 2), text, font=font)
+    if x1 > w:  # a small image: the short form "YES 0.53>=0.17"
+        text = text.split(": ", 1)[1].replace("(p ", "").replace(" >= ", ">=").replace(" < ", "<").rstrip(")")
+        x0, y0, x1, y1 = draw.textbbox((4, 2), text, font=font)
     draw.rectangle((0, 0, x1 + 4, y1 + 3), fill=(0, 0, 0))
     draw.text((4, 2), text, fill=(255, 255, 0) if decided else (200, 200, 200), font=font)
     buf = _io.BytesIO()
@@ -172,7 +213,8 @@ def predict_images(
     """Predict every readable image under ``inputs``; returns a summary dict.
 
     Raises:
-        DataError: no input files, or a decision file that is missing or malformed.
+        DataError: no input files, none of them readable (nothing is written then), or a
+            decision file that is missing or malformed.
         UsageError: ``tta`` differs from the decision's, or the decision's presence source is
             not one this run produces (e.g. a blend's).
     """
@@ -218,8 +260,6 @@ def predict_images(
 
     results: list[ImageResult] = []
     errors: list[dict[str, str]] = []
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     done = 0
 
@@ -234,15 +274,17 @@ def predict_images(
         if source == "pred_area":
             pres["pred_area"] = pred_area_scores(probs, boxes, threshold, min_component)
         for k, (path, grey, _, box) in enumerate(batch):
-            mask = native_mask(probs[k], box, grey.shape, threshold, min_component)
+            pixels = native_mask(probs[k], box, grey.shape, threshold, min_component)
             presence = float(pres[source][k])
             decided = int(presence >= pres_thr)
+            mask = pixels if decided else np.zeros_like(pixels)  # the module's rule 3
             _, n_comp = label_components(mask)
             stem = _unique(_output_stem(path, inputs), path, used)
             write_bytes_atomic(out_dir / "masks" / f"{stem}.png", _png(mask))
-            write_bytes_atomic(out_dir / "overlays" / f"{stem}.png", overlay_png(grey, mask, presence, decided))
-            results.append(ImageResult(str(path), round(presence, 6), decided, int(mask.sum()), n_comp,
-                                       int(grey.shape[1]), int(grey.shape[0]), f"masks/{stem}.png",
+            write_bytes_atomic(out_dir / "overlays" / f"{stem}.png",
+                               overlay_png(grey, mask, presence, decided, pres_thr))
+            results.append(ImageResult(str(path), presence, pres_thr, decided, int(mask.sum()), int(pixels.sum()),
+                                       n_comp, int(grey.shape[1]), int(grey.shape[0]), f"masks/{stem}.png",
                                        f"overlays/{stem}.png"))
             done += 1
             if on_progress:
@@ -263,6 +305,9 @@ def predict_images(
         if len(pending) >= BATCH:
             flush(pending)
     flush(pending)
+    if not results:  # nothing readable: fail, and leave no empty table or folders behind
+        raise DataError(f"none of the {len(files)} input files is a readable image (first: {errors[0]['error']})",
+                        "give PNG, JPEG, TIFF, BMP or DICOM files; see the message for what is wrong with them")
 
     rows = [asdict(r) for r in results]
     fields = list(ImageResult.__dataclass_fields__)
@@ -275,7 +320,8 @@ def predict_images(
         "images": rows, "errors": errors,
     })
     write_csv_atomic(out_dir / "errors.csv", errors, ["file", "error"])
-    return {"predicted": len(results), "errors": errors, "out": str(out_dir)}
+    return {"predicted": len(results), "positive": sum(r.decision for r in results), "errors": errors,
+            "out": str(out_dir), "presence_source": source, "presence_threshold": pres_thr, "threshold": threshold}
 
 
 def read_predictions_csv(path: Path) -> list[dict[str, str]]:

@@ -29,56 +29,93 @@ def _decision_for(folder: Path, split: str) -> dict[str, Any]:
     }
 
 
-def _cache_images(pred: Any, prepared: Path | None, memo: dict[Path, Any]) -> Any:
-    """Cache images [N,S,S] aligned with ``pred``, or None when the cache is not at hand/differs."""
+def _case_images(pred: Any, prepared: Path | None, memo: dict[Path, Any]) -> tuple[Any, str]:
+    """(loader, where) for the X-rays behind ``pred``'s case panels.
+
+    ``loader(indices)`` gives the cache images [k,S',S'] of those artifact rows, from the
+    prepared cache of the artifact's size when there is one, else from a cache of another size
+    (the panel resizes it); a cache is used only when it holds every image and its letterbox
+    boxes, scaled to the artifact's size, match the artifact's (so a re-prepared folder with
+    another geometry is never drawn under these masks). ``loader`` is None when no cache fits;
+    ``where`` then says why (it goes into the panel title), else names the cache.
+    """
     import numpy as np
+
+    from fxbench.data.cache import available_caches, cache_image_ids, load_cache
+    from fxbench.errors import DataError
 
     prep = prepared or (Path(pred.meta["prepared"]) if pred.meta.get("prepared") else None)
     if prep is None:
-        return None
-    from fxbench.data.cache import cache_filename
+        return None, "the artifact names no prepared folder; pass --prepared"
+    geometry = str(pred.meta.get("resize") or "letterbox")
+    try:
+        caches = available_caches(prep, geometry)
+    except DataError:
+        caches = {}
+    if not caches:
+        return None, f"no {geometry} image cache in {prep}; pass --prepared"
+    order = sorted(caches, key=lambda s: (s != pred.size, s < pred.size, abs(s - pred.size)))
+    for size in order:
+        path = caches[size]
+        if path not in memo:
+            try:
+                memo[path] = {i: k for k, i in enumerate(cache_image_ids(path))}
+            except DataError:
+                memo[path] = None
+        pos = memo[path]
+        if pos is None or not all(i in pos for i in pred.image_ids):
+            continue
+        rows = np.array([pos[i] for i in pred.image_ids])
 
-    path = prep / "cache" / cache_filename(pred.size, str(pred.meta.get("resize") or "letterbox"))
-    if not path.is_file():
-        return None
-    if path not in memo:
-        from fxbench.data.cache import load_cache
-        from fxbench.errors import DataError
+        def load(idx: list[int], path: Path = path, rows: np.ndarray = rows, size: int = size) -> Any:
+            want = rows[np.asarray(idx, dtype=np.int64)]
+            try:
+                cache = load_cache(path, rows=want, checksum=False)
+            except DataError:
+                return None
+            at = {r: k for k, r in enumerate(np.unique(want))}
+            pick = np.array([at[r] for r in want])
+            scaled = cache.boxes[pick].astype(np.float64) * (pred.size / size)
+            if np.abs(scaled - pred.boxes[np.asarray(idx)]).max(initial=0) > max(1.5, pred.size / size + 0.5):
+                return None  # another geometry (re-prepared differently): not these masks' images
+            return cache.images[pick]
 
-        try:
-            memo[path] = load_cache(path)
-        except DataError:
-            memo[path] = None
-    cache = memo[path]
-    if cache is None:
-        return None
-    want = pred.meta.get("cache_sha256")
-    if want and want != cache.sha256:
-        return None  # another cache of the same size: its images would not match the masks
-    pos = {i: k for k, i in enumerate(cache.image_ids)}
-    if not all(i in pos for i in pred.image_ids):
-        return None
-    return cache.images[np.array([pos[i] for i in pred.image_ids])]
+        return load, f"cache {path.name}"
+    return None, f"no cache in {prep} holds these images; pass --prepared"
 
 
 def _plot_entry(row: dict[str, Any], pdir: Path, prepared: Path | None, cases: int,
-                memo: dict[Path, Any], curves: dict[str, list[Any]]) -> dict[str, str]:
+                memo: dict[Path, Any], curves: dict[str, list[Any]],
+                values: dict[str, Any]) -> dict[str, str]:
+    """Draw one entry's plots; what each plot shows (threshold, cases) goes into ``values``."""
     from fxbench.artifacts.predictions import load_predictions
     from fxbench.evaluate import resolve_presence_source, with_derived_presence
+    from fxbench.io import read_json
     from fxbench.report import plots
 
     folder, split, name = Path(row["path"]), row["split"], row["name"]
     files: dict[str, str] = {}
     if (folder / "history.csv").is_file():
-        p = plots.plot_training(folder / "history.csv", pdir / "training.png", title=f"{name}: training")
+        info = read_json(folder / "run.json") if (folder / "run.json").is_file() else {}
+        best = info.get("best_epoch")
+        p = plots.plot_training(folder / "history.csv", pdir / "training.png", title=f"{name}: training",
+                                selection_metric=info.get("selection_metric"),
+                                best_epoch=int(best) if best is not None else None)
         if p:
             files["training"] = str(p)
+            values["training"] = {"selection_metric": info.get("selection_metric"), "best_epoch": best}
     grid = folder / "tune" / "grid.csv"
     if grid.is_file():
-        chosen = _decision_for(folder, "val")["threshold"] if (folder / "decision.json").is_file() else None
-        p = plots.plot_threshold_curve(grid, pdir / "threshold.png", chosen, title=f"{name}: val metrics vs threshold")
+        # The line is decision.json's threshold, never an eval's (metrics/val.json may be at the default).
+        dec = read_json(folder / "decision.json") if (folder / "decision.json").is_file() else {}
+        chosen = float(dec["threshold"]) if dec.get("threshold") is not None else None
+        mc = int(dec.get("min_component") or 0)
+        p = plots.plot_threshold_curve(grid, pdir / "threshold.png", chosen, title=f"{name}: val metrics vs threshold",
+                                       min_component=mc)
         if p:
             files["threshold"] = str(p)
+            values["threshold"] = {"threshold": chosen, "min_component": mc,
+                                   "from": str(folder / "decision.json") if dec else None}
     art = folder / "predictions" / f"{split}.npz" if split else None
     if art is None or not art.is_file():
         return files
@@ -93,11 +130,24 @@ def _plot_entry(row: dict[str, Any], pdir: Path, prepared: Path | None, cases: i
     files["roc"] = str(plots.plot_roc(entry, pdir / "roc.png", title=f"{tag}: presence ROC"))
     files["pr"] = str(plots.plot_pr(entry, pdir / "pr.png", title=f"{tag}: precision-recall"))
     files["calibration"] = str(plots.plot_calibration(entry, pdir / "calibration.png", title=f"{tag}: calibration"))
-    images = _cache_images(pred, prepared, memo)
+    loader, where = _case_images(pred, prepared, memo)
+    drawn: dict[str, bool] = {}
+
+    def images(idx: list[int]) -> Any:
+        got = loader(idx) if loader else None
+        drawn["xray"] = got is not None
+        return got
+
     for which in ("best", "worst"):
-        p = plots.plot_overlays(pred, decision, pdir / f"cases_{which}.png", which=which, k=cases, images=images)
-        if p:
-            files[f"cases_{which}"] = str(p)
+        res = plots.plot_overlays(pred, decision, pdir / f"cases_{which}.png", which=which, k=cases,
+                                  images=images, image_note=where)
+        if res:
+            path, shown = res
+            files[f"cases_{which}"] = str(path)
+            values[f"cases_{which}"] = {"threshold": decision["threshold"], "split": split,
+                                        "background": f"X-ray ({where})" if drawn.get("xray")
+                                        else f"probability map ({where})",
+                                        "cases": shown}
     return files
 
 
@@ -113,7 +163,9 @@ def build_report(
 
     Writes leaderboard.{md,json}, report.md (leaderboard + plot links), report.json and
     ``plots/<name>/*.png`` plus split-wide ``roc_<split>.png``/``pr_<split>.png``/
-    ``calibration_<split>.png`` comparing all entries. Returns the report.json content.
+    ``calibration_<split>.png`` comparing all entries. Returns the report.json content; its
+    ``plot_values`` say per entry what the plots draw (the threshold line, from decision.json;
+    the cases shown, their Dice and whether the background is the X-ray or the probability map).
     """
     from fxbench.io import write_json_atomic, write_text_atomic
     from fxbench.report import plots as plot_mod
@@ -123,6 +175,7 @@ def build_report(
     rows = build_leaderboard(paths)
     files: dict[str, Any] = dict(write_leaderboard(rows, out))
     per_entry: dict[str, dict[str, str]] = {}
+    values: dict[str, dict[str, Any]] = {}
     if plots:
         memo: dict[Path, Any] = {}
         curves: dict[str, list[Any]] = {}
@@ -133,8 +186,9 @@ def build_report(
             while key in used:  # two folders with one name (runs/a/x and runs/b/x)
                 key, n = f"{row['name']}-{n}", n + 1
             used.add(key)
+            values[key] = {}
             per_entry[key] = _plot_entry(row, out / "plots" / key, Path(prepared) if prepared else None,
-                                         cases, memo, curves)
+                                         cases, memo, curves, values[key])
         for split, entries in curves.items():
             files[f"roc_{split}"] = str(plot_mod.plot_roc(entries, out / f"roc_{split}.png", f"Presence ROC ({split})"))
             files[f"pr_{split}"] = str(plot_mod.plot_pr(entries, out / f"pr_{split}.png", f"Precision-recall ({split})"))
@@ -154,7 +208,7 @@ def build_report(
             md.append("")
     write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     files["report_markdown"] = str(out / "report.md")
-    summary = {"rows": rows, "files": files, "plots": per_entry}
+    summary = {"rows": rows, "files": files, "plots": per_entry, "plot_values": values}
     write_json_atomic(out / "report.json", summary)
     return summary
 
