@@ -80,12 +80,46 @@ def test_help_lists_verbs_and_imports_no_torch() -> None:
         assert f"  {verb} " in proc.stdout
 
 
-def test_version_shows_fxbench_and_torch(runner: CliRunner) -> None:
+def _fresh_modules(argv: list[str]) -> tuple[int, str, list[str]]:
+    """(exit code, output, heavy modules loaded) of ``fxbench ARGV`` in a fresh interpreter."""
+    code = textwrap.dedent(
+        f"""
+        import contextlib, io, sys
+        from fxbench.cli.app import main
+        buf = io.StringIO()
+        rc = 0
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            try:
+                main({argv!r})
+            except SystemExit as exc:
+                rc = exc.code or 0
+        heavy = sorted(m for m in ("torch", "torchvision", "timm", "skimage", "matplotlib") if m in sys.modules)
+        print(buf.getvalue())
+        print("RC=" + str(rc))
+        print("HEAVY=" + ",".join(heavy))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_script_env())
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.rstrip().splitlines()
+    heavy = lines[-1].removeprefix("HEAVY=")
+    return int(lines[-2].removeprefix("RC=")), "\n".join(lines[:-2]), [m for m in heavy.split(",") if m]
+
+
+def test_version_shows_fxbench_without_importing_torch(runner: CliRunner) -> None:
     for flag in ("--version", "-V"):
         result = runner.invoke(app, [flag])
         assert result.exit_code == 0
-        assert result.stdout.startswith(f"fxbench {__version__} (torch ")
-        assert "CUDA" in result.stdout
+        assert result.stdout.startswith(f"fxbench {__version__} (Python ")
+        assert "fxbench doctor" in result.stdout
+    rc, output, heavy = _fresh_modules(["--version"])
+    assert rc == 0 and output.startswith(f"fxbench {__version__}") and heavy == []
+
+
+def test_a_config_key_typo_fails_before_torch_loads() -> None:
+    rc, output, heavy = _fresh_modules(["train", "--set", "optim.lrr=1e-3"])
+    assert rc == 2 and "optim.lrr" in output and "optim.lr" in output  # did-you-mean
+    assert "torch" not in heavy, heavy
 
 
 # ====================================================================== config verbs

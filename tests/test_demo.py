@@ -30,6 +30,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "box_ap50" in result.output
     _recompute_independently(run, metrics)
     assert "dice_pos" in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last == f"report with plots: {out / 'report' / 'report.md'}" and (out / "report" / "report.md").is_file()
+    assert "prepare --archive <zip>" not in result.output
     # A val evaluation may pick any TTA; the stale decision then no longer opens the test split.
     val = CliRunner().invoke(app, ["eval", str(run), "--split", "val", "--tta", "hv"])
     assert val.exit_code == 0, val.output
@@ -57,3 +60,18 @@ def _recompute_independently(run: Path, metrics: dict) -> None:
     assert abs(dice[pos].mean() - metrics["dice_pos"]) < 1e-9
     assert abs(roc_auc_score(pos, scores) - metrics["roc_auc_presence"]) < 1e-9
     assert abs(average_precision_score(pos, scores) - metrics["average_precision_presence"]) < 1e-9
+
+
+def test_demo_default_folder_is_outside_the_current_folder(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fxbench.paths import demo_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FXBENCH_HOME", raising=False)
+    assert tmp_path not in demo_dir().parents and demo_dir().name == "demo"
+    monkeypatch.setenv("FXBENCH_HOME", str(tmp_path / "home"))
+    assert demo_dir() == tmp_path / "home" / "demo"
+    (demo_dir()).mkdir(parents=True)
+    (demo_dir() / "old").write_text("an earlier demo")
+    res = CliRunner().invoke(app, ["demo"])  # the default folder, already used: refused before any work
+    assert res.exit_code == 2 and str(tmp_path / "home" / "demo") in res.output and "--force" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]  # nothing written into the cwd

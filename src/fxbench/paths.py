@@ -4,6 +4,7 @@ Data home: ``$FXBENCH_HOME`` if set, else the platformdirs user data dir for "fx
 Layout under the home: ``archives/`` (downloaded zips), ``raw/`` (extracted archives),
 ``prepared/<name>/`` (outputs of ``prepare``), ``runs/`` is NOT here: runs go to ``./runs``
 (the current directory) unless ``--run-dir`` says otherwise, so results live with the project.
+``fxbench demo`` writes to :func:`demo_dir` (a cache folder) unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ def raw_dir() -> Path:
 
 def prepared_dir(name: str = "fracatlas") -> Path:
     return data_home() / "prepared" / name
+
+
+def demo_dir() -> Path:
+    """Default folder of ``fxbench demo``: ``$FXBENCH_HOME/demo`` if set, else the platformdirs
+    user cache dir (e.g. ``~/.cache/fxbench/demo``): never the current folder, so a demo run
+    inside a git clone leaves no untracked files."""
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser() / "demo"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("fxbench", appauthor=False)) / "demo"
 
 
 def default_runs_root() -> Path:

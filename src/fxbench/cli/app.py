@@ -7,7 +7,6 @@ the verbs, so `fxbench --help`, `--version` and completion stay fast.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import typer
@@ -52,16 +51,9 @@ VERB_MODULES = (
 
 
 def _version_text() -> str:
-    text = f"fxbench {__version__}"
-    if os.environ.get("FXBENCH_FAST_VERSION") != "1":
-        try:  # torch is slow to import; only --version/-V pays for it, never --help
-            import torch
-
-            cuda = torch.cuda.is_available()
-            text += f" (torch {torch.__version__}, CUDA {'available' if cuda else 'not available'})"
-        except Exception:  # pragma: no cover - broken torch install
-            text += " (torch not importable)"
-    return text
+    """``fxbench X.Y.Z (Python 3.x)``: no torch import, so it answers at once (torch's version
+    and CUDA are in ``fxbench doctor``)."""
+    return f"fxbench {__version__} (Python {sys.version_info.major}.{sys.version_info.minor}; torch and CUDA: fxbench doctor)"
 
 
 def _version_cb(ctx: typer.Context, value: bool) -> None:
@@ -74,7 +66,7 @@ def _version_cb(ctx: typer.Context, value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", "-V", callback=_version_cb, is_eager=True, help="Show version, torch and CUDA, then exit."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version_cb, is_eager=True, help="Show fxbench's version and exit (torch and CUDA: fxbench doctor)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.", envvar="FXBENCH_DEBUG"),
 ) -> None:
     _STATE["debug"] = debug

@@ -17,7 +17,9 @@ from fxbench.cli.common import console, handle_errors, out
 
 @handle_errors
 def demo(
-    out_dir: Path = typer.Option(Path("fxbench-demo"), "--out", help="Folder for the archive, prepared data and runs."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Folder for the archive, prepared data and runs (default: <cache dir>/fxbench/demo, "
+        "e.g. ~/.cache/fxbench/demo; $FXBENCH_HOME/demo when FXBENCH_HOME is set)."),
     n_images: int = typer.Option(160, "--n-images", help="Synthetic radiographs to generate."),
     epochs: int = typer.Option(8, "--epochs", help="Training epochs."),
     image_size: int = typer.Option(64, "--image-size", help="Network input size (multiple of 32)."),
@@ -32,14 +34,18 @@ def demo(
     from fxbench.data.prepare import prepare
     from fxbench.data.synthetic import make_synthetic_archive
     from fxbench.errors import UsageError
+    from fxbench.paths import demo_dir
     from fxbench.report import build_report
     from fxbench.select.tune import tune_run
     from fxbench.workflow import evaluate_run, train_run
 
     t0 = time.perf_counter()
+    out_dir = out_dir or demo_dir()
+    console.print(f"demo folder: {out_dir}", markup=False)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
-            raise UsageError(f"{out_dir} is not empty", "pass --force to start over, or --out another folder")
+            raise UsageError(f"{out_dir} is not empty (an earlier demo?)",
+                             "pass --force to start over, or --out another folder")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -85,9 +91,11 @@ def demo(
     boxes = box_table(metrics, "demo test results")
     if boxes is not None:
         out.print(boxes)
-    console.print(f"done in {time.perf_counter() - t0:.0f} s. Run folder: {run}; report: {report_dir}/leaderboard.md",
-                  markup=False)
-    console.print("On real data: fxbench download, then fxbench prepare --archive <zip> (see README).", markup=False)
+    console.print(f"done in {time.perf_counter() - t0:.0f} s. Run folder: {run}", markup=False)
+    console.print("On real data (README, 'The real-data workflow'): fxbench download "
+                  "(offline: fxbench download --from-file FracAtlas.zip), then "
+                  "fxbench prepare --split-mode seed --cache-size 256", markup=False)
+    console.print(f"report with plots: {report_dir / 'report.md'}", markup=False)
 
 
 def _cuda() -> bool:
