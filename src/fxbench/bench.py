@@ -89,9 +89,9 @@ def seed_loop(cfg: Any, jpegs: list[Path], masks: list[Path], steps: int, warmup
             # The seed sets PIL's LOAD_TRUNCATED_IMAGES (FracAtlas has truncated JPEGs, and so
             # does the synthetic archive); scoped here instead of process-wide.
             with _truncated_loading(True), Image.open(jpegs[i]) as im:
-                img = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                img = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             with Image.open(masks[i]) as m:
-                msk = m.convert("L").resize((size, size), Image.NEAREST)
+                msk = m.convert("L").resize((size, size), Image.Resampling.NEAREST)
             xs.append(torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1))
             ys.append(torch.from_numpy((np.asarray(msk) > 127).astype(np.float32))[None])
         return torch.stack(xs), torch.stack(ys)
@@ -153,7 +153,7 @@ def fxbench_trainer(cfg: Any, run_dir: Path, warmup_steps: int) -> tuple[float, 
     """(b): the real Trainer for one epoch of ``max_steps_per_epoch`` steps; img/s of the timed part."""
     from fxbench.train.loop import Trainer
 
-    rates: list[tuple[float, int]] = []
+    rates: list[tuple[int, float]] = []
     t_start: dict[str, float] = {}
 
     def progress(p: Any) -> None:

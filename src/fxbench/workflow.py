@@ -12,7 +12,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from fxbench.config import Config
 from fxbench.errors import UsageError
@@ -92,7 +92,7 @@ def evaluate_run(
         metrics = evaluate_predictions(
             pred, decision, bootstrap=cfg.eval.bootstrap if bootstrap is None else bootstrap,
             seed=cfg.eval.bootstrap_seed, subgroups=subgroup_arrays(run_dir, pred.image_ids, prepared),
-            resolution=resolution or cfg.eval.resolution,
+            resolution=cast(Literal["cache", "native"], resolution or cfg.eval.resolution),
             native_masks_loader=_native_loader(run_dir, cfg, prepared),
             gt_boxes=_gt_boxes(run_dir, cfg, prepared) if cfg.eval.boxes else None,
             box_score=decision.get("box_score") or cfg.eval.box_score, box_bootstrap=cfg.eval.box_bootstrap,

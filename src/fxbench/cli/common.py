@@ -66,7 +66,7 @@ def _handle_other(err: Exception, argv: list[str], state: dict[str, Any]) -> Non
     sys.exit(1)
 
 
-def handle_errors(fn):  # type: ignore[no-untyped-def]
+def handle_errors(fn):
     """Decorator for verbs: within CliRunner tests, also map FxbenchError to exit codes."""
     import functools
 

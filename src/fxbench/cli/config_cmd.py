@@ -16,7 +16,7 @@ def complete_set_key(incomplete: str) -> list[str]:
     return [f"{k}=" for k in all_keys() if k.startswith(incomplete)]
 
 
-def config_options():  # type: ignore[no-untyped-def]
+def config_options():
     config = typer.Option(None, "--config", "-c", help="YAML config file.", exists=False)
     sets = typer.Option(
         None, "--set", "-s", help="Override: section.key=value (repeatable).", autocompletion=complete_set_key

@@ -12,7 +12,7 @@ from fxbench.cli.common import console, handle_errors, out
 from fxbench.cli.misc_cmds import complete_run_path
 
 
-def metrics_table(metrics: dict[str, Any], title: str):  # type: ignore[no-untyped-def]
+def metrics_table(metrics: dict[str, Any], title: str):
     from rich.table import Table
 
     from fxbench.evaluate.bootstrap import HEADLINE_METRICS
@@ -32,7 +32,7 @@ def metrics_table(metrics: dict[str, Any], title: str):  # type: ignore[no-untyp
     return table
 
 
-def box_table(metrics: dict[str, Any], title: str):  # type: ignore[no-untyped-def]
+def box_table(metrics: dict[str, Any], title: str):
     """The ``boxes`` section (COCO AP, FROC) as a table, or None when the metrics have none."""
     from rich.table import Table
 

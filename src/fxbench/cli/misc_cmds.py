@@ -221,7 +221,7 @@ def _best_from_run_json(run_json: dict[str, Any], metric: str | None) -> tuple[s
         for key in ("best_value", "best_score", "best_metric", f"best_{name}", f"best_val_{name}"):
             if (value := _as_float(run_json.get(key))) is not None:
                 break
-    return (str(name) if name else None), value, (int(epoch) if _as_float(epoch) is not None else None)
+    return (str(name) if name else None), value, (int(epoch) if epoch is not None and _as_float(epoch) is not None else None)
 
 
 def _best_from_history(rows: list[dict[str, str]], metric: str | None) -> tuple[float | None, int | None]:
@@ -270,8 +270,9 @@ def summarize_run(run: Path, root: Path | None = None) -> RunSummary:
     config = _read_yaml_lenient(run / "config.resolved.yaml") or {}
     run_json = _read_json_lenient(run / "run.json")
     history = _read_history(run / "history.csv")
-    train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    train_section, model_section = config.get("train"), config.get("model")
+    train: dict[str, Any] = train_section if isinstance(train_section, dict) else {}
+    model: dict[str, Any] = model_section if isinstance(model_section, dict) else {}
     metric, best, best_epoch = _best_from_run_json(run_json or {}, train.get("selection_metric"))
     if best is None:
         best, best_epoch = _best_from_history(history, metric)

@@ -138,6 +138,7 @@ def train(
         if rank != 0:
             raise UsageError("distributed training needs an explicit --run-dir shared by all ranks")
     console.print(f"run folder: {run_dir}", markup=False)
+    assert run_dir is not None  # rank 0 made one; other ranks refused above
     with TrainDisplay(quiet or rank != 0) as display:
         summary = train_run(cfg, run_dir, on_progress=display)
     if rank == 0:

@@ -126,13 +126,13 @@ def _place(
     top, left, h, w = box
     out_img = np.zeros((size, size), np.uint8)
     out_mask = np.zeros((size, size), np.uint8)
-    resized = image if (h, w) == (height, width) else np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    resized = image if (h, w) == (height, width) else np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
     out_img[top : top + h, left : left + w] = resized
     if mask is not None and mask.any():
         if (h, w) == (height, width):
             small = mask.astype(np.uint8)
         else:
-            cover = np.asarray(Image.fromarray(mask.astype(np.float32)).resize((w, h), Image.BOX))
+            cover = np.asarray(Image.fromarray(mask.astype(np.float32)).resize((w, h), Image.Resampling.BOX))
             small = (cover >= 0.5 - 1e-6).astype(np.uint8)
             if not small.any():
                 small[np.unravel_index(int(np.argmax(cover)), cover.shape)] = 1

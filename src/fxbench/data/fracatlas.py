@@ -324,7 +324,7 @@ def parse_coco(data: bytes, where: str, warnings: Warnings) -> tuple[dict[str, l
         name = posixpath.basename(im["file_name"].replace("\\", "/"))
         names[im["id"]] = name
         w, h = im.get("width"), im.get("height")
-        if _is_number(w) and _is_number(h):
+        if w is not None and h is not None and _is_number(w) and _is_number(h):
             sizes[name] = (int(w), int(h))
     out: dict[str, list[list[Polygon]]] = {}
     for i, ann in enumerate(doc["annotations"]):

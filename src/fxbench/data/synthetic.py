@@ -229,7 +229,8 @@ def _area(poly: list[float]) -> float:
 
 
 def _coco(plan: SynthPlan, by_id: dict[str, SynthImage]) -> dict[str, Any]:
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for k, image_id in enumerate(plan.positives, start=1):
         im = by_id[image_id]
         images.append({"id": k, "width": im.width, "height": im.height, "file_name": image_id})

@@ -164,7 +164,7 @@ class PerImageStats:
     n_fp: np.ndarray
     has_lesions: bool = True
     presence: np.ndarray | None = None
-    labels: np.ndarray = field(default=None)  # type: ignore[assignment]
+    labels: np.ndarray = field(default=None)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         self.gt_positive = np.asarray(self.gt_positive).astype(bool)

@@ -49,7 +49,7 @@ def tta_views(mode: str) -> list[View]:
     raise ValueError(f"unknown TTA mode {mode!r}; use none, h, v, hv or d4")
 
 
-def autocast_ctx(device: torch.device, amp_dtype: torch.dtype | None):  # type: ignore[no-untyped-def]
+def autocast_ctx(device: torch.device, amp_dtype: torch.dtype | None):
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)

@@ -76,7 +76,7 @@ def _cached_pretrained_file(name: str) -> Path | None:
             )
             if isinstance(hit, str) and os.path.isfile(hit):
                 return Path(hit)
-    if pcfg.url:
+    if isinstance(pcfg.url, str) and pcfg.url:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(pcfg.url)
         if cached.is_file():
             return cached
@@ -197,7 +197,7 @@ class TimmUNet(nn.Module):
         cls_dropout: float,
     ) -> None:
         super().__init__()
-        info: Any = encoder.feature_info  # type: ignore[union-attr]
+        info: Any = encoder.feature_info
         channels: list[int] = list(info.channels())
         reductions: list[int] = list(info.reduction())
         self.encoder = encoder

@@ -13,6 +13,9 @@ from torch import nn
 class FxNet(nn.Module):
     """Wraps a registry model. Input: float [N,1,H,W] in [0,1]."""
 
+    mean: torch.Tensor  # buffers (scalars), registered in __init__
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: float, std: float, in_channels: int = 1) -> None:
         super().__init__()
         self.net = net

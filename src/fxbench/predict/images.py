@@ -93,7 +93,7 @@ def _pydicom() -> tuple[Any, Any, Any]:
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut  # type: ignore[no-redef]
     return pydicom, apply_modality_lut, apply_voi_lut
 
 

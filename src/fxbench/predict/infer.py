@@ -33,7 +33,7 @@ def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
     return path
 
 
-def load_run_model(run_dir: Path, which: str = "best", device: torch.device | str = "cpu"):  # type: ignore[no-untyped-def]
+def load_run_model(run_dir: Path, which: str = "best", device: torch.device | str = "cpu"):
     """Rebuild the run's network from its config and load the checkpoint strictly."""
     from fxbench.artifacts.checkpoint import load_checkpoint, load_weights_into
     from fxbench.models import build_model

@@ -208,13 +208,15 @@ def select_rule(grid: dict[str, np.ndarray], rule: str) -> int:
 
 def blend_predictions(
     a: Member, b: Member, c: Member | None, *, alpha: float, beta: float, gamma: float,
-    sources: dict[str, str], split: str, name: str,
+    sources: dict[str, str | None], split: str, name: str,
 ) -> Predictions:
     """The blended artifact for ``split`` (presence key ``blend``) with frozen weights."""
     from fxbench.artifacts.predictions import Predictions
 
-    s_c = c.pred.presence[sources["classifier"]] if c is not None else None
-    fused = fuse_presence(a.pred.presence[sources["a"]], b.pred.presence[sources["b"]], s_c, beta, gamma)
+    src_a, src_b, src_c = sources["a"], sources["b"], sources["classifier"]
+    assert src_a is not None and src_b is not None and (c is None or src_c is not None)
+    s_c = c.pred.presence[src_c] if c is not None and src_c is not None else None
+    fused = fuse_presence(a.pred.presence[src_a], b.pred.presence[src_b], s_c, beta, gamma)
     members = [a, b] + ([c] if c is not None else [])
     meta = common_meta([a, b], split, "blend", name)
     meta["members"] = [m.name for m in members]

@@ -178,7 +178,7 @@ def seg_metrics_from_counts(
 def seg_grid(
     probs: np.ndarray,
     masks: np.ndarray,
-    thresholds: Sequence[float],
+    thresholds: Sequence[float] | np.ndarray,
     min_components: Sequence[int] = (0,),
 ) -> list[dict[str, Any]]:
     """Pixel metrics at every (threshold, min_component); rows in grid order.

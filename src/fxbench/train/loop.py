@@ -86,7 +86,8 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: Config) -> float
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -292,7 +293,7 @@ class Trainer:
                 signal.signal(sig, h)
 
     def _install_signals(self) -> dict[int, Any]:
-        old = {}
+        old: dict[int, Any] = {}
 
         def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
             self.stop_requested = signal.Signals(signum).name

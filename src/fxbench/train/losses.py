@@ -153,7 +153,7 @@ class SegmentationLoss:
         """The image logit the presence loss uses, per ``loss.presence_source``."""
         from fxbench.evaluate.rules import resolve_presence_source
 
-        source = self.cfg.presence_source
+        source: str = self.cfg.presence_source
         if source == "head" and head_logit is None:
             raise ConfigError(
                 "loss.presence_source=head but the model has no presence head",
