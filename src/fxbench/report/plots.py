@@ -249,7 +249,7 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
         return image
     from PIL import Image
 
-    return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def plot_overlays(
@@ -284,7 +284,8 @@ def plot_overlays(
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     thr = float(decision["threshold"])
     colour = PRED_COLOUR if tiles is not None else PRED_ON_MAP  # red vanishes on the magma map
-    fill = ListedColormap([(0, 0, 0, 0), colour])
+    colours: list[tuple[float, float, float, float] | str] = [(0, 0, 0, 0), colour]  # transparent, then colour
+    fill = ListedColormap(colours)
     for ax in axes:
         ax.set_axis_off()
     shown = None
