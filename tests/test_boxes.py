@@ -336,10 +336,19 @@ def test_export_yolo_layout_and_loader(prep: Path, tmp_path: Path) -> None:
     data = yaml.safe_load((out / "data.yaml").read_text())
     assert data["nc"] == 1 and data["names"] == {0: "fracture"} and Path(data["path"]) == out.resolve()
     assert {data[s] for s in ("train", "val", "test")} == {"images/train", "images/val", "images/test"}
+    with open(out / "case_mapping.csv", newline="") as fh:
+        image_of = {r["image_id"]: r["image"] for r in csv.DictReader(fh)}
+    kinds = set()
     for row in manifest(prep):
         split, stem = row["split"], Path(row["image_id"]).stem
-        with Image.open(out / "images" / split / f"{stem}.png") as im:
+        image = out / image_of[row["image_id"]]
+        assert image.parent == out / "images" / split and image.stem == stem
+        copied = row["exif_orientation"] == "1" and row["truncated"] == "0"
+        assert image.suffix == (".jpg" if copied else ".png")  # rotated or truncated: decoded, transposed
+        kinds.add(image.suffix)
+        with Image.open(image) as im:
             assert im.size == (int(row["width"]), int(row["height"]))
+            assert im.getexif().get(0x0112, 1) == 1
         label = out / "labels" / split / f"{stem}.txt"
         if split == "test":
             assert not label.exists()  # sealed unless --test-labels
@@ -350,6 +359,7 @@ def test_export_yolo_layout_and_loader(prep: Path, tmp_path: Path) -> None:
             assert parts[0] == "0" and all(0.0 <= float(v) <= 1.0 for v in parts[1:])
             W, H = float(row["width"]), float(row["height"])
             assert [float(v) for v in parts[1:]] == pytest.approx([(x + w / 2) / W, (y + h / 2) / H, w / W, h / H], abs=2e-6)
+    assert kinds == {".jpg", ".png"}  # the synthetic archive has rotated and truncated JPEGs
     again = runner.invoke(app, ["export", "yolo", str(prep), str(out)])
     assert again.exit_code != 0 and "--force" in again.output
     res = runner.invoke(app, ["export", "yolo", str(prep), str(out), "--force", "--test-labels"])

@@ -3,13 +3,16 @@
 Layout (https://docs.ultralytics.com/datasets/detect/)::
 
     OUT/data.yaml                      path (absolute), train/val/test image folders, nc 1, names {0: fracture}
-    OUT/images/{train,val,test}/<stem>.png    grey, native size, EXIF orientation applied
+    OUT/images/{train,val,test}/<stem>.jpg    the original JPEG, byte for byte (complete, EXIF orientation 1)
+    OUT/images/{train,val,test}/<stem>.png    otherwise: grey, decoded as prepare does, EXIF orientation applied
     OUT/labels/{train,val}/<stem>.txt  one line per fracture: "0 cx cy w h" normalised to [0, 1]
     OUT/labels/test/<stem>.txt         only with test_labels (the test split stays sealed)
-    OUT/case_mapping.csv               stem, image_id, split, label, boxes
+    OUT/case_mapping.csv               stem, image_id, split, label, boxes, image
 
-Images are written already transposed (no EXIF tag), so Ultralytics' loader, fxbench's masks and
-the labels all share one frame; a negative image has an empty label file (a background image).
+An image that needs an EXIF transpose, or a truncated JPEG, is written decoded (PNG, already
+transposed, no EXIF tag), so Ultralytics' loader, fxbench's masks and the labels all share one
+frame and no loader has to repair a file; every other JPEG is copied unchanged (fast, lossless,
+a third of the size of PNGs). A negative image has an empty label file (a background image).
 Boxes come from ``PREP/boxes.json`` (:mod:`fxbench.data.boxes`), clipped to the image.
 """
 
@@ -25,7 +28,7 @@ from fxbench.errors import DataError, UsageError
 from fxbench.io import write_bytes_atomic, write_csv_atomic, write_text_atomic
 from fxbench.select.peers import (
     SPLITS,
-    _image_reader,
+    _bytes_reader,
     _png_bytes,
     _split_sha256,
     export_rows,
@@ -43,6 +46,21 @@ def yolo_label_lines(boxes: np.ndarray, width: int, height: int) -> list[str]:
         lines.append(f"0 {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
                      f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}")
     return lines
+
+
+def _copy_as_is(row: dict[str, str], data: bytes) -> bool:
+    """A complete JPEG needing no EXIF transpose is exported byte for byte (no re-encoding)."""
+    return (data[:3] == b"\xff\xd8\xff" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+            and (row.get("exif_orientation") or "1") == "1" and (row.get("truncated") or "0") == "0")
+
+
+def _decode(data: bytes, row: dict[str, str]) -> np.ndarray:
+    from fxbench.data.fracatlas import ImageDecodeError, decode_image
+
+    try:
+        return decode_image(data, row.get("image_path") or row["image_id"]).pixels
+    except ImageDecodeError as err:
+        raise DataError(str(err)) from err
 
 
 def data_yaml(root: Path, test_labels: bool, split_sha256: str | None) -> str:
@@ -89,26 +107,33 @@ def export_yolo(
             raise UsageError(f"{root} already exists", "pass --force to replace it")
         for sub in ("images", "labels"):
             shutil.rmtree(root / sub, ignore_errors=True)  # no stale images from an older export
-    read_image = _image_reader(prep, archive)
+    read_bytes = _bytes_reader(prep, archive)
     mapping = []
     for n, (row, stem) in enumerate(zip(rows, stems, strict=True), start=1):
         split = row["split"]
-        image = read_image(row)
-        height, width = image.shape
+        data = read_bytes(row)
+        if _copy_as_is(row, data):
+            width, height = int(row["width"]), int(row["height"])
+            name = f"{stem}.jpg"
+            write_bytes_atomic(root / "images" / split / name, data)
+        else:
+            image = _decode(data, row)
+            height, width = image.shape
+            name = f"{stem}.png"
+            write_bytes_atomic(root / "images" / split / name, _png_bytes(image))
         if (str(width), str(height)) != (row.get("width", str(width)), row.get("height", str(height))):
-            raise DataError(f"{row['image_id']}: decoded {width}x{height}, manifest says {row['width']}x{row['height']}",
+            raise DataError(f"{row['image_id']}: image is {width}x{height}, manifest says {row['width']}x{row['height']}",
                             "re-run `fxbench prepare --force`")
-        write_bytes_atomic(root / "images" / split / f"{stem}.png", _png_bytes(image))
         lines = yolo_label_lines(gt.get(row["image_id"], np.zeros((0, 4))), width, height)
         if split != "test" or test_labels:
             write_text_atomic(root / "labels" / split / f"{stem}.txt", "".join(line + "\n" for line in lines))
         mapping.append({"stem": stem, "image_id": row["image_id"], "split": split, "label": row.get("label", ""),
-                        "boxes": len(lines)})
+                        "boxes": len(lines), "image": f"images/{split}/{name}"})
         if progress is not None:
             progress(n, len(rows))
     for split in SPLITS:
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(root / "case_mapping.csv", mapping, ["stem", "image_id", "split", "label", "boxes"])
+    write_csv_atomic(root / "case_mapping.csv", mapping, ["stem", "image_id", "split", "label", "boxes", "image"])
     yaml_path = root / "data.yaml"
     write_text_atomic(yaml_path, data_yaml(root, test_labels, _split_sha256(prep)))
     return yaml_path

@@ -324,13 +324,13 @@ def _native_loader(prep: Path) -> Callable[[str], np.ndarray]:
 # nnU-Net v2 export
 
 
-def _image_reader(prep: Path, archive: str | Path | None) -> Callable[[dict[str, str]], np.ndarray]:
-    """image row -> grey uint8 [H,W] in the EXIF-transposed frame, decoded as ``prepare`` does.
+def _bytes_reader(prep: Path, archive: str | Path | None) -> Callable[[dict[str, str]], bytes]:
+    """image row -> the original image file's bytes.
 
     ``image_path`` is tried as a file (absolute, or relative to PREP), then inside the archive
     (``archive`` or the one named in prepare_report.json).
     """
-    from fxbench.data.fracatlas import DatasetSource, ImageDecodeError, decode_image
+    from fxbench.data.fracatlas import DatasetSource
 
     source: list[Any] = []
 
@@ -348,14 +348,25 @@ def _image_reader(prep: Path, archive: str | Path | None) -> Callable[[dict[str,
             source.append(DatasetSource(path))
         return source[0]
 
-    def read(row: dict[str, str]) -> np.ndarray:
+    def read(row: dict[str, str]) -> bytes:
         rel = row.get("image_path") or ""
         candidates = [Path(rel), prep / rel] if rel else []
         data = next((c.read_bytes() for c in candidates if rel and c.is_file()), None)
-        if data is None:
-            data = archive_source().read_bytes(rel or row["image_id"])
+        return data if data is not None else archive_source().read_bytes(rel or row["image_id"])
+
+    return read
+
+
+def _image_reader(prep: Path, archive: str | Path | None) -> Callable[[dict[str, str]], np.ndarray]:
+    """image row -> grey uint8 [H,W] in the EXIF-transposed frame, decoded as ``prepare`` does
+    (the file is found as :func:`_bytes_reader` finds it)."""
+    from fxbench.data.fracatlas import ImageDecodeError, decode_image
+
+    read_bytes = _bytes_reader(prep, archive)
+
+    def read(row: dict[str, str]) -> np.ndarray:
         try:
-            return decode_image(data, rel or row["image_id"]).pixels
+            return decode_image(read_bytes(row), row.get("image_path") or row["image_id"]).pixels
         except ImageDecodeError as err:
             raise DataError(str(err)) from err
 
