@@ -13,6 +13,8 @@ Main entry points:
 * :func:`prediction_box_matches` / :func:`match_boxes` + :func:`box_metrics` /
   :func:`paired_box_delta` -- box metrics (COCO AP via pycocotools, FROC) and their paired
   comparison (for ``compare``).
+* :func:`paired_bootstrap`, :func:`delong_test`, :func:`mcnemar_test`, :func:`holm_adjust` --
+  paired tests of B - A on the same images (``fxbench compare``).
 """
 
 from fxbench.evaluate.bootstrap import (
@@ -60,6 +62,16 @@ from fxbench.evaluate.metrics import (
     threshold_probs,
 )
 from fxbench.evaluate.native import crop_box, resize_bilinear, to_native
+from fxbench.evaluate.paired import (
+    DeLongResult,
+    McNemarResult,
+    PairedDelta,
+    bootstrap_p_value,
+    delong_test,
+    holm_adjust,
+    mcnemar_test,
+    paired_bootstrap,
+)
 from fxbench.evaluate.presence import (
     DERIVED_PRESENCE,
     mean_scores,
@@ -90,6 +102,14 @@ __all__ = [
     "selection_key",
     "selection_keys",
     "with_composites",
+    "DeLongResult",
+    "McNemarResult",
+    "PairedDelta",
+    "bootstrap_p_value",
+    "delong_test",
+    "holm_adjust",
+    "mcnemar_test",
+    "paired_bootstrap",
     "DEFINITIONS_VERSION",
     "DERIVED_PRESENCE",
     "HEADLINE_METRICS",
