@@ -65,6 +65,10 @@ class DataConfig(_Section):
     )
     in_channels: Literal[1, 3] = Field(1, description="1 = grey (native); 3 = grey replicated (seed compatibility).")
     split: Literal["prepared"] = Field("prepared", description="Use the split written by `prepare`.")
+    fold: int | None = Field(
+        None, ge=0,
+        description="Cross-validation fold k (needs `prepare --folds K`): test = fold k, val = an inner part of the other folds, train = the rest. None = the manifest's split.",
+    )
 
     @field_validator("image_size")
     @classmethod

@@ -35,6 +35,50 @@ def train_run(cfg: Config, run_dir: Path, resume: bool = False,
     return Trainer(cfg, run_dir, resume=resume, on_progress=on_progress).run()
 
 
+def cv_fold_count(cfg: Config) -> int:
+    """K of the prepared folder ``cfg`` trains on (its ``prepare --folds K``)."""
+    from fxbench.data.folds import prepared_folds
+    from fxbench.errors import DataError
+    from fxbench.paths import prepared_dir
+
+    prep = cfg.data.prepared or prepared_dir()
+    info = prepared_folds(prep)
+    if info is None:
+        raise DataError(f"{prep} has no cross-validation folds", f"run `fxbench prepare --out {prep} --folds 5` first")
+    return int(info["k"])
+
+
+def train_fold(cfg: Config, fold: int, run_dir: Path, resume: bool = False,
+               on_progress: Callable[[Any], None] | None = None, tune_metric: str = "dice_pos") -> dict[str, Any]:
+    """One cross-validation fold run, start to end: what ``train --fold`` and a launcher's fold
+    job call (:func:`fxbench.launch.jobs.run_job` runs it for a fold job).
+
+    Trains (or with ``resume``, continues) fold ``fold``'s run (``data.fold=fold``: the K-1 other
+    folds minus an inner, group-aware val), evaluates val, tunes on val (``RUN/decision.json``),
+    then scores the fold's test part once under the seal with that decision. A run whose test
+    is already on record is not tested again. Returns a summary (fold, run_dir, status, best
+    epoch and score, test metrics path or None).
+    """
+    from fxbench.select.seal import read_test_access
+    from fxbench.select.tune import tune_run
+
+    run_dir = Path(run_dir)
+    fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": int(fold)})})
+    summary = train_run(fold_cfg, run_dir, resume=resume, on_progress=on_progress)
+    out = {"fold": int(fold), "run_dir": str(run_dir), "status": summary["status"],
+           "best_epoch": summary.get("best_epoch"), "best_score": summary.get("best_score"), "test_metrics": None}
+    if summary["status"] == "interrupted":
+        return out
+    if not read_test_access(run_dir):
+        evaluate_run(run_dir, "val", argv=["eval", str(run_dir), "--split", "val"])
+        tune_run(run_dir, metric=tune_metric)
+        decision = run_dir / "decision.json"
+        evaluate_run(run_dir, "test", decision_path=decision,
+                     argv=["eval", str(run_dir), "--split", "test", "--decision", str(decision)])
+    out["test_metrics"] = str(run_dir / "metrics" / "test.json")
+    return out
+
+
 def _default_decision(cfg: Config) -> dict[str, Any]:
     """The config's operating point for a val evaluation; it binds no TTA (``--tta`` picks freely)."""
     ev = cfg.eval

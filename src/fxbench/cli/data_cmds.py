@@ -131,6 +131,7 @@ def _summary_table(report: dict[str, Any]) -> Table:
         ("train / val / test", f"{counts.get('train', 0):,} / {counts.get('val', 0):,} / {counts.get('test', 0):,}"),
         ("split ratios", " / ".join(f"{v:g}" for v in report.get("split_ratios", {}).values())),
         ("split sha256", report["split_sha256"][:16] + "..."),
+        *_fold_rows(report.get("folds")),
         ("skipped images", f"{len(report.get('skipped_images', [])):,}"),
         ("warnings", f"{report.get('warnings_count', 0):,}"),
     ]
@@ -141,6 +142,16 @@ def _summary_table(report: dict[str, Any]) -> Table:
     for k, v in rows:
         table.add_row(k, v)
     return table
+
+
+def _fold_rows(folds: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not folds:
+        return []
+    return [
+        (f"cv folds (seed {folds['seed']})", f"{folds['k']}: images {' / '.join(map(str, folds['images_per_fold']))}"),
+        ("cv positives per fold", " / ".join(map(str, folds["positives_per_fold"]))),
+        ("cv duplicate groups across folds", f"{folds['crossing_duplicate_groups']:,}"),
+    ]
 
 
 @handle_errors
@@ -156,9 +167,11 @@ def prepare(
     cache_format: CacheFormat = typer.Option(CacheFormat.raw, "--cache-format", help="Format of the --cache-size caches. raw: uint8 arrays; jpeg: compact (JPEG images, PNG masks)."),
     force: bool = typer.Option(False, "--force", help="Redo everything even if the outputs are up to date."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Decode processes (default: all cores)."),
+    folds: int | None = typer.Option(None, "--folds", is_flag=False, flag_value=5, help="Also assign K cross-validation folds (`--folds` alone: 5), stratified by label, duplicate groups whole; 0 removes them. Default: keep the folder's folds."),
 ) -> None:
     """Decode, check and split the archive: masks, manifest.csv, prepare_report.json, caches."""
     from fxbench.data.archive import registered_archive
+    from fxbench.data.folds import prepared_folds
     from fxbench.data.prepare import TRAIN_RATIO, VAL_RATIO, current_ratios, current_split
     from fxbench.data.prepare import prepare as run_prepare
     from fxbench.errors import DataError
@@ -181,11 +194,13 @@ def prepare(
         train_ratio if train_ratio is not None else old_ratios[0] if old_ratios else TRAIN_RATIO,
         val_ratio if val_ratio is not None else old_ratios[1] if old_ratios else VAL_RATIO,
     )
+    if folds is None:  # like the split: a rerun keeps the folder's folds unless told otherwise
+        folds = (prepared_folds(out) or {}).get("k")
     with _stage_progress() as progress:
         result = run_prepare(
             archive, out, split_mode=mode, seed=split_seed, cache_sizes=tuple(cache_size) if cache_size else None,
             cache_format=cache_format.value, force=force, workers=workers, progress=progress,
-            resize=resize.value, train_ratio=ratios[0], val_ratio=ratios[1],
+            resize=resize.value, train_ratio=ratios[0], val_ratio=ratios[1], folds=folds or None,
         )
     if result.skipped:
         console.print(f"up to date: {out} (inputs and options unchanged; --force redoes it)")

@@ -98,6 +98,8 @@ def train(
                                        "interrupted ones, start the rest."),
     init_checkpoint: Path | None = typer.Option(None, "--init-checkpoint", help="Warm start from an fxbench checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain log lines instead of a progress bar."),
+    fold: int | None = typer.Option(None, "--fold", min=0, help="Cross-validation fold k (needs `prepare --folds K`): train, eval val, tune, then test once on fold k; run folder <name>-cv/fold_<k>."),
+    folds: str | None = typer.Option(None, "--folds", help="Cross-validation sweep: `all` or a list like 0,2; one fold run each under <name>-cv/fold_<k>."),
 ) -> None:
     """Train a segmentation / presence model on the prepared data."""
     from fxbench.config import load_config
@@ -114,10 +116,11 @@ def train(
         overrides.append(f"launcher.name={launcher}")
     if jobs is not None:
         overrides.append(f"launcher.jobs={jobs}")
-    if not seeds and (launcher is not None or jobs is not None or skip_existing):
-        raise UsageError("--launcher, --jobs and --skip-existing are for sweeps", "add --seeds, e.g. --seeds 42,1337,2025")
+    if not seeds and fold is None and folds is None and (launcher is not None or jobs is not None or skip_existing):
+        raise UsageError("--launcher, --jobs and --skip-existing are for sweeps",
+                         "add --seeds (e.g. --seeds 42,1337,2025) or --folds all")
     if resume is not None:
-        if config is not None or overrides or seeds:
+        if config is not None or overrides or seeds or fold is not None or folds is not None:
             raise UsageError("--resume takes the run's own config; drop --config/--set/--seeds",
                              "a resumed run must not change its settings")
         from fxbench.predict.infer import load_run_config
@@ -130,6 +133,9 @@ def train(
     cfg = load_config(config, overrides)
     label = name or cfg.name or (config.stem if config else cfg.model.name)
     root = default_runs_root()
+    if fold is not None or folds is not None:
+        _train_cv(cfg, fold, folds, _parse_seeds(seeds) if seeds else None, root, run_dir, label, skip_existing, quiet)
+        return
     if seeds:
         _sweep(cfg, _parse_seeds(seeds), root if run_dir is None else run_dir, label, skip_existing, quiet)
         return
@@ -145,9 +151,10 @@ def train(
         _report(summary)
 
 
-def _sweep(cfg: Any, seeds: list[int], root: Path, label: str, skip_existing: bool, quiet: bool) -> None:
-    """Run (or submit) a seed sweep and say how each job ended; exit 1 if one failed, 130 if
-    one was interrupted."""
+def _sweep(cfg: Any, seeds: list[int] | None, root: Path, label: str, skip_existing: bool, quiet: bool,
+           folds: list[int] | None = None) -> None:
+    """Run (or submit) a seed and/or fold sweep and say how each job ended; exit 1 if one
+    failed, 130 if one was interrupted."""
     from fxbench.cli.sweep_view import SweepView, print_summary
     from fxbench.launch.jobs import sweep_jobs
     from fxbench.launch.local import plan_slots, run_parallel, run_sequential, sweep_exit_code
@@ -156,13 +163,13 @@ def _sweep(cfg: Any, seeds: list[int], root: Path, label: str, skip_existing: bo
     if cfg.launcher.name == "slurm":
         from fxbench.launch.slurm import submit_sweep
 
-        sweep = sweep_jobs(cfg, root.resolve(), label, seeds=seeds)  # nodes may start elsewhere
+        sweep = sweep_jobs(cfg, root.resolve(), label, seeds=seeds, folds=folds)  # nodes may start elsewhere
         info = submit_sweep(sweep, cfg.launcher, skip_existing=skip_existing)
         console.print(f"submitted {len(info['job_ids'])} SLURM jobs ({', '.join(info['job_ids'])}); "
                       f"logs in {info['folder']}", markup=False)
         console.print(f"state: fxbench show {sweep.sweep_dir}   (or fxbench runs {sweep.sweep_dir.parent})", markup=False)
         return
-    sweep = sweep_jobs(cfg, root, label, seeds=seeds)
+    sweep = sweep_jobs(cfg, root, label, seeds=seeds, folds=folds)
     n = cfg.launcher.jobs or 1
     if n == 1:
         with TrainDisplay(quiet) as display:
@@ -174,13 +181,59 @@ def _sweep(cfg: Any, seeds: list[int], root: Path, label: str, skip_existing: bo
             console.print(f"--jobs {n}: {len(slots)} visible GPU(s), so {len(slots)} jobs at a time", markup=False)
         with SweepView(console, sweep.jobs, metric, live=False if quiet else None) as view:
             results = run_parallel(sweep, slots, skip_existing, on_event=view)
-    print_summary(console, results, metric, "seed sweep")
+    print_summary(console, results, metric, "cross-validation folds" if folds else "seed sweep")
     done = [r.run_dir for r in results if r.status in ("finished", "skipped")]
     code = sweep_exit_code(results)
-    if code == 0:
+    if code == 0 and folds:
+        console.print(f"next: fxbench cv {' '.join(done)}" if not seeds else
+                      f"next: fxbench cv {sweep.sweep_dir}/seed_<s>/fold_*  (one pool per seed)", markup=False)
+    elif code == 0:
         console.print(f"next: fxbench ensemble {' '.join(done)} --out {sweep.sweep_dir}/ensemble", markup=False)
     else:
         raise typer.Exit(code)
+
+
+def _parse_folds(text: str, k: int) -> list[int]:
+    from fxbench.errors import UsageError
+
+    if text.strip() == "all":
+        return list(range(k))
+    try:
+        out = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise UsageError(f"--folds '{text}' is neither `all` nor a comma-separated list of folds", "e.g. --folds all") from None
+    bad = [f for f in out if not 0 <= f < k]
+    if bad or not out or len(set(out)) != len(out):
+        raise UsageError(f"--folds '{text}': the prepared folder has folds 0..{k - 1} (each once)", "e.g. --folds all")
+    return out
+
+
+def _train_cv(cfg: Any, fold: int | None, folds: str | None, seeds: list[int] | None, root: Path,
+              run_dir: Path | None, label: str, skip_existing: bool, quiet: bool) -> None:
+    """``--fold k`` / ``--folds all``: fold runs under ``root/<label>-cv/fold_<k>`` (with
+    ``--seeds``: ``<label>-cv/seed_<s>/fold_<k>``), through the sweep launchers.
+
+    ``--fold k --run-dir DIR`` (no seeds) trains that one fold run into DIR itself.
+    """
+    from fxbench.errors import UsageError
+    from fxbench.workflow import cv_fold_count, train_fold
+
+    if fold is not None and folds is not None:
+        raise UsageError("give --fold or --folds, not both")
+    k = cv_fold_count(cfg)
+    chosen = [fold] if fold is not None else _parse_folds(folds or "", k)
+    if chosen[0] >= k:
+        raise UsageError(f"--fold {chosen[0]}: the prepared folder has folds 0..{k - 1}")
+    if fold is not None and run_dir is not None and not seeds:
+        console.print(f"fold {fold} -> {run_dir}", markup=False)
+        with TrainDisplay(quiet) as display:
+            summary = train_fold(cfg, fold, run_dir, on_progress=display)
+        if summary["status"] == "interrupted":
+            console.print(f"resume with: fxbench train --fold {fold} --run-dir {run_dir} --skip-existing ...", markup=False)
+            raise typer.Exit(130)
+        console.print(f"fold {fold} tested once: {summary['test_metrics']}", markup=False)
+        return
+    _sweep(cfg, seeds, root if run_dir is None else run_dir, label, skip_existing, quiet, folds=chosen)
 
 
 def _report(summary: dict[str, Any]) -> None:

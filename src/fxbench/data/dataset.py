@@ -102,11 +102,15 @@ def load_prepared(
     cache_size: int | None = None,
     splits: tuple[str, ...] = ("train", "val", "test"),
     resize: str = "letterbox",
+    fold: int | None = None,
 ) -> PreparedData:
     """Load the prepared cache for ``splits`` at network resolution ``image_size``.
 
     ``resize`` (``data.resize``) picks the cache geometry; a cache recording another geometry
     is refused (DataError), never resized into this one.
+
+    ``fold`` k: the splits of cross-validation fold k instead of the manifest's ``split``
+    column (:func:`fxbench.data.folds.fold_split`; the split sha256 is that of the fold's split).
     """
     from fxbench.data.cache import (
         cache_filename,
@@ -118,6 +122,10 @@ def load_prepared(
 
     prepared_dir = Path(prepared_dir)
     rows = read_manifest(prepared_dir)
+    if fold is not None:
+        from fxbench.data.folds import fold_rows
+
+        rows = fold_rows(prepared_dir, rows, fold)
     if cache_size is not None:
         cache_path = prepared_dir / "cache" / cache_filename(cache_size, resize)
         if not cache_path.is_file():

@@ -41,6 +41,7 @@ from fxbench.data.cache import (
     parse_cache_key,
     to_cache_frame,
 )
+from fxbench.data.folds import assign_folds, check_folds, fold_summary
 from fxbench.data.fracatlas import (
     BOX_SOURCES,
     META_COLUMNS,
@@ -71,7 +72,7 @@ DATA_VERSION = "fxbench-prepare-1"
 STATE_FILE = ".prepare_state.json"
 MANIFEST_COLUMNS = (
     "image_id", "label", "split", "width", "height", *META_COLUMNS, "csv_fractured", "duplicate_group",
-    "image_path", "mask_path", "polygon_source", "exif_orientation", "truncated",
+    "image_path", "mask_path", "polygon_source", "exif_orientation", "truncated", "fold",
 )
 MIN_CACHE, MAX_CACHE = 16, 4096
 
@@ -633,6 +634,7 @@ def prepare(
     resize: str = "letterbox",
     train_ratio: float = TRAIN_RATIO,
     val_ratio: float = VAL_RATIO,
+    folds: int | None = None,
 ) -> PrepareResult:
     """Prepare a FracAtlas-layout ``archive`` (zip or folder) into ``out``.
 
@@ -646,12 +648,16 @@ def prepare(
     in ``out`` are kept. ``cache_sizes=None`` keeps the folder's caches as they are (each in its
     own format, rebuilt only if the inputs changed), or builds 512 px when there are none.
     ``train_ratio`` / ``val_ratio`` (seed and grouped modes; default the seed's 0.70 / 0.15) are
-    recorded in the report.
+    recorded in the report. ``folds`` K (2..20) also assigns every image to one of K
+    cross-validation folds (:mod:`fxbench.data.folds`: the manifest's ``fold`` column, the
+    report's ``folds``).
     """
     sizes = _check_args(split_mode, cache_sizes, cache_format, seed)
     if resize not in GEOMETRIES:
         raise ConfigError(f"unknown resize {resize!r}", f"use one of {', '.join(GEOMETRIES)}")
     check_ratios(train_ratio, val_ratio)
+    if folds is not None:
+        check_folds(folds)
     ratios = (float(train_ratio), float(val_ratio))
     if split_mode == "official" and ratios != (TRAIN_RATIO, VAL_RATIO):
         raise ConfigError(
@@ -667,7 +673,7 @@ def prepare(
     layout = read_layout(archive)
     try:
         return _prepare_layout(layout, out, split_mode, seed, sizes, cache_format, force, workers, progress, t0,
-                               resize, ratios)
+                               resize, ratios, folds)
     finally:
         layout.source.close()
 
@@ -675,7 +681,7 @@ def prepare(
 def _prepare_layout(
     layout: Layout, out: Path, split_mode: str, seed: int, sizes: tuple[int, ...] | None, fmt: str,
     force: bool, workers: int | None, progress: Progress | None, t0: float,
-    resize: str = "letterbox", ratios: tuple[float, float] = (TRAIN_RATIO, VAL_RATIO),
+    resize: str = "letterbox", ratios: tuple[float, float] = (TRAIN_RATIO, VAL_RATIO), folds: int | None = None,
 ) -> PrepareResult:
     fingerprint = sha256_bytes(f"{DATA_VERSION}\n{layout.source.fingerprint()}".encode())
     plans = build_plan(layout)
@@ -696,6 +702,8 @@ def _prepare_layout(
     params: dict[str, Any] = {"split_mode": split_mode, "seed": seed}
     if ratios != (TRAIN_RATIO, VAL_RATIO):  # only then: folders prepared before the option stay up to date
         params["ratios"] = list(ratios)
+    if folds:  # likewise
+        params["folds"] = folds
     if (not need_masks and not need and state and state.get("split") == params
             and (out / "manifest.csv").is_file() and (out / "prepare_report.json").is_file()
             and (out / BOXES_FILE).is_file()):
@@ -731,7 +739,7 @@ def _prepare_layout(
     if progress:
         progress("write", 0, 1)
     t2 = time.perf_counter()
-    report, manifest = _findings(layout, plans, records, split_mode, seed, out, cache_state, ratios)
+    report, manifest = _findings(layout, plans, records, split_mode, seed, out, cache_state, ratios, folds)
     boxes_doc = _gt_boxes(layout, plans, records, report)
     report["timings_s"] = {
         "read_layout": round(t_read, 2), "decode": round(t_decode, 2),
@@ -783,6 +791,7 @@ def _compute_splits(
 def _findings(
     layout: Layout, plans: list[ImagePlan], records: dict[str, dict[str, Any]], split_mode: str, seed: int,
     out: Path, cache_state: dict[str, Any], ratios: tuple[float, float] = (TRAIN_RATIO, VAL_RATIO),
+    folds: int | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Labels, disagreements, duplicates and splits -> (report, manifest rows)."""
     from fxbench._version import __version__
@@ -818,6 +827,8 @@ def _findings(
         raise DataError(f"split mode '{split_mode}' is not possible: {why}", "use --split-mode grouped")
     summaries = {m: _split_summary(s, labels, dup_groups) for m, s in modes.items()}
     splits = modes[split_mode]
+    fold_items = [(i, labels[i], group_of[i]) for i in ok_ids]
+    fold_of = assign_folds(fold_items, folds, seed) if folds else {}
 
     rows = {r.image_id: r for r in layout.rows}
     manifest = []
@@ -832,6 +843,7 @@ def _findings(
             "mask_path": f"masks/{Path(plan.image_id).stem}.png",
             "polygon_source": (plan.source or "") if labels[plan.image_id] else "",
             "exif_orientation": rec["orientation"], "truncated": int(rec["truncated"]),
+            "fold": fold_of.get(plan.image_id, ""),
         })
 
     ok_records = [records[i] for i in ok_ids]
@@ -882,6 +894,7 @@ def _findings(
         "split_ratios": {"train": ratios[0], "val": ratios[1], "test": round(1 - ratios[0] - ratios[1], 6)},
         **summaries[split_mode],
         "split_modes": {m: {k: v for k, v in s.items() if k != "cross_split_duplicate_group_members"} for m, s in summaries.items()},
+        "folds": fold_summary(fold_items, fold_of, folds, seed, dup_groups) if folds else None,
         "disagreements": disagreements,
         "disagreement_count": len(disagreements),
         "skipped_images": skipped,

@@ -76,7 +76,8 @@ def predict_split(
     amp = pick_amp(cfg.runtime.amp, dev)
     tta = tta or cfg.eval.tta
     prep = Path(prepared) if prepared else _run_prepared(run_dir, cfg)
-    data = load_prepared(prep, cfg.data.image_size, cfg.data.cache_size, splits=(split,), resize=cfg.data.resize)
+    data = load_prepared(prep, cfg.data.image_size, cfg.data.cache_size, splits=(split,), resize=cfg.data.resize,
+                         fold=cfg.data.fold)
     _check_split(run_dir, data.split_sha256)
     sd = data.splits[split]
     probs, pres = predict_tensors(

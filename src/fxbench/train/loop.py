@@ -163,7 +163,8 @@ class Trainer:
 
         prep = cfg.data.prepared or prepared_dir()
         self.data = load_prepared(
-            prep, cfg.data.image_size, cfg.data.cache_size, splits=("train", "val"), resize=cfg.data.resize
+            prep, cfg.data.image_size, cfg.data.cache_size, splits=("train", "val"), resize=cfg.data.resize,
+            fold=cfg.data.fold,
         )
         check_selection_metric(cfg.train.selection_metric, self.data.splits["val"].labels)
         train = self.data.splits["train"]
