@@ -42,6 +42,7 @@ VERB_MODULES = (
     "fxbench.cli.train_cmd",
     "fxbench.cli.eval_cmds",
     "fxbench.cli.select_cmds",
+    "fxbench.cli.compare_cmds",
     "fxbench.cli.report_cmd",
     "fxbench.cli.predict_cmd",
     "fxbench.cli.bench_cmd",

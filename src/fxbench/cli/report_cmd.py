@@ -21,13 +21,18 @@ def report(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw PNG plots."),
     cases: int = typer.Option(8, "--cases", min=1, max=32, help="Best and worst cases per overlay grid."),
     json_out: bool = typer.Option(False, "--json", help="Print the leaderboard rows as JSON on stdout."),
+    significance: bool = typer.Option(False, "--significance", help="Mark rows significantly worse than the best row of their split (paired tests, Holm; on test rows a logged test access of each)."),
 ) -> None:
     """Leaderboard (dice_pos, AUC, AP with CIs; split, TTA, decision, test accesses) and plots."""
+    import shlex
+    import sys
+
     from rich.table import Table
 
     from fxbench.report import build_report
 
-    summary = build_report(paths, out_dir, prepared=prepared, plots=plots, cases=cases)
+    summary = build_report(paths, out_dir, prepared=prepared, plots=plots, cases=cases, significance=significance,
+                           command="fxbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     rows = summary["rows"]
     if json_out:
         out.print(json.dumps(rows, default=str), markup=False)
@@ -40,10 +45,15 @@ def report(
         return "-" if v is None else f"{v:.3f}"
 
     for i, r in enumerate(rows, start=1):
-        table.add_row(str(i), r["name"], r["kind"], r["split"] or "-", f(r["dice_pos"]), f(r["roc_auc_presence"]),
-                      f(r["average_precision_presence"]), str(r["decision_source"] or "-"), str(r["test_accesses"]),
-                      str(r["max_test_accesses"]))
+        worse = r.get("worse_than_best") or ()
+        cells = [f(r[k]) + (" ↓" if k in worse else "") for k in ("dice_pos", "roc_auc_presence", "average_precision_presence")]
+        table.add_row(str(i), r["name"], r["kind"], r["split"] or "-", *cells,
+                      str(r["decision_source"] or "-"), str(r["test_accesses"]), str(r["max_test_accesses"]))
     console.print(table)
+    for note in summary.get("notes", []):
+        console.print(note, markup=False)
+    if any(r.get("worse_than_best") for r in rows):
+        console.print("↓ = significantly worse than the best row of its split (paired bootstrap, Holm p < 0.05)", markup=False)
     console.print(f"wrote {out_dir / 'leaderboard.md'}, {out_dir / 'report.md'}" + (" and plots" if plots else ""),
                   markup=False)
     no_metrics = [r["name"] for r in rows if r["split"] is None]

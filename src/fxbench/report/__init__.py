@@ -158,6 +158,8 @@ def build_report(
     prepared: str | Path | None = None,
     plots: bool = True,
     cases: int = 8,
+    significance: bool = False,
+    command: str = "fxbench report",
 ) -> dict[str, Any]:
     """Leaderboard + plots for the result folders under ``paths`` into ``out_dir``.
 
@@ -166,6 +168,9 @@ def build_report(
     ``calibration_<split>.png`` comparing all entries. Returns the report.json content; its
     ``plot_values`` say per entry what the plots draw (the threshold line, from decision.json;
     the cases shown, their Dice and whether the background is the X-ray or the probability map).
+
+    ``significance``: mark rows significantly worse than the best row of their split
+    (:mod:`fxbench.report.significance`; on test rows a logged test access of each).
     """
     from fxbench.io import write_json_atomic, write_text_atomic
     from fxbench.report import plots as plot_mod
@@ -173,6 +178,11 @@ def build_report(
 
     out = Path(out_dir)
     rows = build_leaderboard(paths)
+    notes: list[str] = []
+    if significance:
+        from fxbench.report.significance import mark_worse_than_best
+
+        notes = mark_worse_than_best(rows, command)
     files: dict[str, Any] = dict(write_leaderboard(rows, out))
     per_entry: dict[str, dict[str, str]] = {}
     values: dict[str, dict[str, Any]] = {}
@@ -208,7 +218,7 @@ def build_report(
             md.append("")
     write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     files["report_markdown"] = str(out / "report.md")
-    summary = {"rows": rows, "files": files, "plots": per_entry, "plot_values": values}
+    summary = {"rows": rows, "files": files, "plots": per_entry, "plot_values": values, "notes": notes}
     write_json_atomic(out / "report.json", summary)
     return summary
 

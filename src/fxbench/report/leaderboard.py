@@ -211,7 +211,7 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "fxbench leaderboar
         n = f"{r['n']} ({r['num_positive']})" if r.get("n") is not None else "-"
         cells = [
             str(i), r["name"], r["kind"], r["split"] or "-", n,
-            *(_fmt(r[k], r[f"{k}_ci95"]) for k in HEADLINE),
+            *(_fmt(r[k], r[f"{k}_ci95"]) + (" ↓" if k in (r.get("worse_than_best") or ()) else "") for k in HEADLINE),
             _fmt(r["threshold"]) if r["threshold"] is not None else "-",
             str(r["tta"] or "-"), str(r["decision_source"] or "-"), str(r["split_mode"] or "-"),
             (r["split_sha256"] or "-")[:12], str(r["test_accesses"]), str(r["max_test_accesses"]),
@@ -246,6 +246,8 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "fxbench leaderboar
         "- **dice_pos**: per-image Dice, mean over images whose ground truth is non-empty.",
         "- **AUC / AP**: image-level presence ROC AUC (tie-aware) and step-wise average precision.",
         "- **[95% CI]**: stratified bootstrap over images (percentile interval).",
+        *(["- **↓**: significantly worse than the best row of its split (paired bootstrap on the same images, "
+           "Holm-adjusted p < 0.05; `report --significance`)."] if any(r.get("worse_than_best") for r in rows) else []),
         "- **test accesses**: lines in the folder's test_access.log; more than 1 means the test split was looked at "
         "repeatedly. A run's log also counts the ensembles, blends and peers scored from it.",
         "- **max accesses (built from)**: the largest test access count among the folder and the runs it is built "

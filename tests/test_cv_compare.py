@@ -1,0 +1,173 @@
+"""Cross-validation fold runs, `fxbench cv` pooling and `fxbench compare` through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fxbench.cli.app import app
+from fxbench.config import load_config
+from fxbench.evaluate import compute_per_image_stats
+from fxbench.io import read_json, write_json_atomic
+from fxbench.predict.artifact import Predictions, load_predictions, save_predictions
+from fxbench.select.seal import test_access_count
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def cv_runs(synth_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The synthetic archive prepared with 3 folds, and one tiny fold run per fold."""
+    from fxbench.data.prepare import prepare
+    from fxbench.workflow import train_cv
+
+    root = tmp_path_factory.mktemp("cv")
+    prep = root / "prep"
+    prepare(synth_archive, prep, split_mode="grouped", seed=42, cache_sizes=(64,), workers=1, folds=K)
+    cfg = load_config(None, [
+        f"data.prepared={prep}", "data.image_size=64", "model.name=unet_dual", "model.base_channels=8",
+        "train.epochs=1", "train.batch_size=8", "train.max_steps_per_epoch=2", "eval.bootstrap=0",
+        "runtime.device=cpu", "runtime.channels_last=false", "train.selection_metric=neg_loss",
+    ], environ={})
+    out = train_cv(cfg, list(range(K)), root / "runs", "tiny")
+    assert [r["status"] for r in out["results"]] == ["finished"] * K
+    return {"prep": prep, "cv": Path(out["cv_dir"])}
+
+
+def _manifest_ids(prep: Path) -> list[str]:
+    with open(prep / "manifest.csv", newline="", encoding="utf-8") as fh:
+        return [r["image_id"] for r in csv.DictReader(fh)]
+
+
+def test_fold_runs_follow_the_naming_and_test_once_on_their_fold(cv_runs: dict[str, Path]) -> None:
+    cv_dir = cv_runs["cv"]
+    assert cv_dir.name == "tiny-cv"
+    test_ids: list[str] = []
+    for k in range(K):
+        run = cv_dir / f"fold_{k}"
+        assert test_access_count(run) == 1 and (run / "decision.json").is_file()
+        assert read_json(run / "decision.json")["selected_on"] == "val"
+        val = load_predictions(run / "predictions" / "val.npz").image_ids
+        test = load_predictions(run / "predictions" / "test.npz").image_ids
+        assert not set(val) & set(test)
+        test_ids += test
+    assert sorted(test_ids) == sorted(_manifest_ids(cv_runs["prep"]))  # every image in exactly one test fold
+    assert len(read_json(cv_dir / "cv.json")["results"]) == K
+
+
+def test_cv_pools_every_image_once_at_each_folds_own_operating_point(cv_runs: dict[str, Path]) -> None:
+    cv_dir = cv_runs["cv"]
+    runs = [str(cv_dir / f"fold_{k}") for k in range(K)]
+    res = CliRunner().invoke(app, ["cv", *runs, "--bootstrap", "50"])
+    assert res.exit_code == 0, res.output
+    pool = cv_dir / "pooled"
+    pooled = load_predictions(pool / "predictions" / "test.npz")
+    assert sorted(pooled.image_ids) == sorted(_manifest_ids(cv_runs["prep"]))
+    assert len(set(pooled.image_ids)) == pooled.n
+    metrics = read_json(pool / "metrics" / "test.json")
+    assert metrics["n"] == pooled.n and metrics["kind"] == "cv" and metrics["dice_pos_ci95"] is not None
+    assert set(metrics["per_fold"]["dice_pos"]) == {"values", "mean", "sd"}
+    assert len(metrics["per_fold"]["dice_pos"]["values"]) == K
+    for k in range(K):
+        assert test_access_count(cv_dir / f"fold_{k}") == 2  # its own test + the pool's read
+    # each image is binarised exactly as its fold's decision did
+    pooled_stats = compute_per_image_stats(pooled, read_json(pool / "decision.json"))
+    pos = {i: n for n, i in enumerate(pooled.image_ids)}
+    for k in range(K):
+        run = cv_dir / f"fold_{k}"
+        fold = load_predictions(run / "predictions" / "test.npz")
+        decision = read_json(run / "decision.json")
+        own = compute_per_image_stats(fold, decision)
+        idx = np.array([pos[i] for i in fold.image_ids])
+        for key in ("inter", "pred_area", "gt_area", "n_hit", "n_fp"):
+            assert np.array_equal(getattr(pooled_stats, key)[idx], getattr(own, key)), key
+        from fxbench.evaluate import resolve_presence_source
+
+        src = resolve_presence_source(fold, decision["presence_source"])
+        want = fold.presence[src] >= np.float32(decision["presence_threshold"])
+        assert np.array_equal(pooled.presence["cv"][idx] >= np.float32(0.5), want)
+    # a pool is scored once
+    again = CliRunner().invoke(app, ["cv", *runs])
+    assert again.exit_code == 4, again.output
+    # folds must not overlap
+    twice = CliRunner().invoke(app, ["cv", runs[0], runs[0], "--out", str(cv_dir / "p2")])
+    assert twice.exit_code == 3, twice.output
+
+
+def test_compare_a_run_with_itself_gives_zero_differences_and_p_one(cv_runs: dict[str, Path], tmp_path: Path) -> None:
+    run = cv_runs["cv"] / "fold_0"
+    before = test_access_count(run)
+    for split in ("val", "test"):
+        out = tmp_path / f"{split}.json"
+        res = CliRunner().invoke(app, ["compare", str(run), str(run), "--split", split, "--bootstrap", "100",
+                                       "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        doc = json.loads(out.read_text())
+        (comp,) = doc["comparisons"]
+        assert comp["metrics"]
+        for r in comp["metrics"].values():
+            assert r["delta"] == 0.0 and r["p_value"] == 1.0
+            assert r["delta_ci95"] in ([0.0, 0.0], [None, None])
+        assert comp["delong"]["delta"] == 0.0 and comp["delong"]["p_value"] == 1.0
+        assert comp["mcnemar"]["delta"] == 0.0 and comp["mcnemar"]["p_value"] == 1.0
+    assert test_access_count(run) == before + 2  # the test comparison read the artifact twice
+
+
+def test_compare_refuses_other_images_and_unsealed_test(cv_runs: dict[str, Path], tmp_path: Path) -> None:
+    cv_dir = cv_runs["cv"]
+    res = CliRunner().invoke(app, ["compare", str(cv_dir / "fold_0"), str(cv_dir / "fold_1"), "--split", "val"])
+    assert res.exit_code == 3 and "different images" in res.output, res.output
+    unsealed = tmp_path / "unsealed"
+    shutil.copytree(cv_dir / "fold_0", unsealed)
+    (unsealed / "test_access.log").unlink()
+    res = CliRunner().invoke(app, ["compare", str(cv_dir / "fold_0"), str(unsealed), "--split", "test"])
+    assert res.exit_code == 4 and "no sealed test artifact" in res.output, res.output
+
+
+def _fake_folder(root: Path, name: str, pred: Predictions, dice: float) -> Path:
+    folder = root / name
+    save_predictions(folder / "predictions" / "val.npz", pred)
+    write_json_atomic(folder / "metrics" / "val.json", {"dice_pos": dice, "threshold": 0.5, "presence_source": "head",
+                                                         "presence_threshold": 0.5, "min_component": 0})
+    return folder
+
+
+def test_compare_holm_and_report_marks_significantly_worse_rows(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n, s = 60, 16
+    labels = (np.arange(n) % 3 == 0).astype(np.uint8)
+    masks = np.zeros((n, s, s), np.uint8)
+    masks[labels.astype(bool), 4:10, 4:10] = 1
+    good = np.clip(masks * 0.9 + rng.random((n, s, s)) * 0.2, 0, 1)
+    bad = np.clip(masks * 0.5 + rng.random((n, s, s)) * 0.7, 0, 1)  # false positives outside the mask
+
+    def pred(probs: np.ndarray, sep: float) -> Predictions:
+        head = np.clip(labels * sep + rng.random(n) * (1 - sep), 0, 1)
+        return Predictions(image_ids=[f"i{k}" for k in range(n)], probs=probs, masks=masks,
+                           boxes=np.tile([0, 0, s, s], (n, 1)), native_hw=np.tile([s, s], (n, 1)),
+                           presence={"head": head}, labels=labels, meta={"split": "val"})
+
+    a = _fake_folder(tmp_path, "a", pred(good, 0.6), 0.9)
+    b = _fake_folder(tmp_path, "b", pred(bad, 0.1), 0.3)
+    c = _fake_folder(tmp_path, "c", pred(good, 0.6), 0.89)
+    out = tmp_path / "cmp.json"
+    res = CliRunner().invoke(app, ["compare", str(a), str(b), str(c), "--bootstrap", "200", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    cb, cc = doc["comparisons"]
+    assert cb["metrics"]["dice_pos"]["worse"] and cb["metrics"]["dice_pos"]["p_holm"] < 0.05
+    assert cb["metrics"]["dice_pos"]["p_holm"] >= cb["metrics"]["dice_pos"]["p_value"]
+    assert not cc["metrics"]["dice_pos"]["worse"]
+    res = CliRunner().invoke(app, ["report", str(a), str(b), str(c), "--out", str(tmp_path / "rep"), "--no-plots",
+                                   "--significance"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in read_json(tmp_path / "rep" / "report.json")["rows"]}
+    assert "dice_pos" in rows["b"]["worse_than_best"] and rows["a"]["worse_than_best"] == []
+    assert "dice_pos" not in rows["c"]["worse_than_best"]
+    assert "↓" in (tmp_path / "rep" / "leaderboard.md").read_text(encoding="utf-8")
