@@ -16,7 +16,7 @@ from fxbench.config import load_config
 from fxbench.evaluate import compute_per_image_stats
 from fxbench.io import read_json, write_json_atomic
 from fxbench.predict.artifact import Predictions, load_predictions, save_predictions
-from fxbench.select.seal import test_access_count
+from fxbench.select.seal import check_true_split, test_access_count
 
 K = 3
 
@@ -53,8 +53,10 @@ def test_fold_runs_follow_the_naming_and_test_once_on_their_fold(cv_runs: dict[s
         run = cv_dir / f"fold_{k}"
         assert test_access_count(run) == 1 and (run / "decision.json").is_file()
         assert read_json(run / "decision.json")["selected_on"] == "val"
-        val = load_predictions(run / "predictions" / "val.npz").image_ids
-        test = load_predictions(run / "predictions" / "test.npz").image_ids
+        val_pred, test_pred = (load_predictions(run / "predictions" / f"{s}.npz") for s in ("val", "test"))
+        check_true_split(val_pred, "val", run)  # the fold's own split, not the manifest's split column
+        check_true_split(test_pred, "test", run)
+        val, test = val_pred.image_ids, test_pred.image_ids
         assert not set(val) & set(test)
         test_ids += test
     assert sorted(test_ids) == sorted(_manifest_ids(cv_runs["prep"]))  # every image in exactly one test fold

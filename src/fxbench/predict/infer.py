@@ -91,6 +91,8 @@ def predict_split(
         "split_sha256": data.split_sha256, "image_size": cfg.data.image_size, "resize": data.resize,
         "segments": bool(model.segments), "prepared": str(prep.resolve()),
     }
+    if cfg.data.fold is not None:
+        meta["fold"] = cfg.data.fold  # the split is this cross-validation fold's (fxbench.data.folds)
     pred = Predictions(
         image_ids=list(sd.image_ids), probs=probs.astype(np.float16), masks=sd.masks[:, 0].numpy().astype(np.uint8),
         boxes=sd.boxes, native_hw=sd.native_hw, presence=pres, labels=sd.labels.astype(np.uint8), meta=meta,

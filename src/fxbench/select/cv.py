@@ -31,10 +31,10 @@ from fxbench.evaluate import HEADLINE_METRICS
 from fxbench.evaluate.metrics import remove_small_components, threshold_probs
 from fxbench.predict.artifact import Predictions
 from fxbench.select.compare import CompareInput
+from fxbench.select.sealed import POOL_FILE
 
 #: Presence source name of the pooled artifact (the aligned, frozen presence score of each fold).
 POOLED_SOURCE = "cv"
-POOL_FILE = "cv_pool.json"
 
 
 def align_to_half(values: np.ndarray, threshold: float, dtype: Any) -> np.ndarray:
@@ -158,17 +158,24 @@ def run_cv(
 ) -> dict[str, Any]:
     """Pool the sealed test artifacts of ``fold_runs`` into ``out`` and score the pool once.
 
-    Each fold run's read is a test access of that run; the pooled score is one of ``out``.
+    The pooled score is one test access of ``out`` and of each fold run (its members).
     Returns ``{"out", "pooled": metrics, "per_fold": {metric: values, mean, sd}, "folds": [...]}``.
     """
+    from fxbench.errors import ProtocolError
     from fxbench.io import read_json, write_json_atomic
-    from fxbench.select.sealed import score_pool, sealed_test_input
+    from fxbench.select.seal import read_test_access
+    from fxbench.select.sealed import check_sealed, fold_input, score_pool
 
     out = Path(out)
+    if read_test_access(out):
+        raise ProtocolError(f"{out} already holds a scored pool; a pool is tested once",
+                            "choose a new --out folder (and a reason to look at test again)")
     runs = [Path(r) for r in fold_runs]
     if len({r.resolve() for r in runs}) != len(runs):
         raise DataError("a fold run is named twice", "pass each fold run once")
-    inputs = [sealed_test_input(r, command, kind="cv") for r in runs]
+    for r in runs:  # refuse before logging any access
+        check_sealed(r)
+    inputs = [fold_input(r) for r in runs]
     pooled = pool_folds(inputs, out.name)
     notes = check_folds_complete(inputs, pooled)
     fold_metrics = [dict(read_json(r / "metrics" / "test.json")) for r in runs]
@@ -177,8 +184,8 @@ def run_cv(
               "decision": inp.decision, "decision_sha256": inp.decision_sha256} for inp in inputs]
     notes.append("pooled AUC/AP rank the scores of K models, each with its own calibration: "
                  "read them beside the per-fold mean and SD")
-    write_json_atomic(out / POOL_FILE, {"kind": "cv", "runs": [str(r) for r in runs], "folds": folds,
+    write_json_atomic(out / POOL_FILE, {"kind": "cv", "runs": [str(r.resolve()) for r in runs], "folds": folds,
                                         "per_fold": per_fold, "notes": notes})
-    metrics = score_pool(out, pooled, pooled_decision(), runs, command, bootstrap=bootstrap, seed=seed,
-                         extra={"per_fold": per_fold, "folds": len(runs), "cv_notes": notes})
+    metrics = score_pool(out, pooled, pooled_decision(), inputs, command, bootstrap=bootstrap, seed=seed,
+                         extra={"run": out.name, "per_fold": per_fold, "folds": len(runs), "cv_notes": notes})
     return {"out": str(out), "pooled": metrics, "per_fold": per_fold, "folds": folds}

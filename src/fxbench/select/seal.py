@@ -185,7 +185,12 @@ def check_true_split(pred: Any, split: str, where: str | Path) -> None:
     import csv
 
     with open(manifest, newline="", encoding="utf-8") as fh:
-        split_of = {r.get("image_id"): r.get("split") for r in csv.DictReader(fh)}
+        rows = list(csv.DictReader(fh))
+    if pred.meta.get("fold") is not None:  # a cross-validation fold run: its split is the fold's
+        from fxbench.data.folds import fold_rows
+
+        rows = fold_rows(manifest.parent, rows, int(pred.meta["fold"]))
+    split_of = {r.get("image_id"): r.get("split") for r in rows}
     wrong = [i for i in pred.image_ids if i in split_of and split_of[i] != split]
     if wrong:
         raise ProtocolError(
@@ -273,6 +278,7 @@ def score_under_seal(
     artifact_path: str | Path | None = None,
     once: bool = False,
     extra: Mapping[str, Any] | None = None,
+    metrics_kind: str | None = None,
 ) -> dict[str, Any]:
     """Score the test split of ``folder`` under the seal; THE one path to a test number.
 
@@ -293,7 +299,10 @@ def score_under_seal(
       ``user-fixed`` decision may be passed as an object), ``folder`` = the peer output folder.
     * cross-validation / compare -- ``kind="cv"|"compare"``, their own ``scorer`` (it receives
       whatever ``predictions`` is or returns, plus the decision) and ``members`` = the runs the
-      number is built from; a ``decision_path`` per run as for eval.
+      number is built from; a ``decision_path`` per run as for eval. Re-reading a folder's
+      sealed artifact (:mod:`fxbench.select.sealed`) passes ``metrics_kind`` = the folder's own
+      kind. A cv pool passes its decision object, verified through its fold runs
+      (:func:`verify_pool_decision`).
 
     Args:
         folder: where metrics/test.json and test_access.log go (run, ensemble, blend, peer folder).
@@ -311,6 +320,9 @@ def score_under_seal(
         artifact_path: the artifact already on disk (its sha256 is recorded).
         once: refuse when ``folder`` already has a test access (ensembles and blends).
         extra: more keys for the metrics dict.
+        metrics_kind: the ``kind`` written into metrics/test.json when it is not ``kind``
+            (``compare`` and ``cv`` re-read a folder's sealed artifact: its metrics keep the
+            folder's own kind, the access log records the reader's).
 
     Returns:
         The metrics dict, also written to ``folder/metrics/test.json``, with ``split``, ``kind``,
@@ -332,7 +344,7 @@ def score_under_seal(
     if decision is not None:
         if decision_path is not None or threshold is not None:
             raise UsageError("give a decision object, or a decision file / threshold, not both")
-        if decision.source != "user-fixed":
+        if decision.source != "user-fixed" and not verify_pool_decision(decision, member_dirs):
             raise ProtocolError("only a user-fixed operating point may be passed without its file",
                                 "pass the tuned decision as decision_path so it can be verified")
         authorised = decision
@@ -355,7 +367,8 @@ def score_under_seal(
         sha = sha256_file(artifact_path)
     metrics = dict((scorer or cache_scorer())(pred, authorised))
     metrics.update(extra or {})
-    metrics.update(split="test", kind=kind, decision_source=authorised.source, decision_sha256=authorised.sha256())
+    metrics.update(split="test", kind=metrics_kind or kind, decision_source=authorised.source,
+                   decision_sha256=authorised.sha256())
     if authorised.source == "user-fixed":
         metrics["decision_label"] = "user-fixed operating point (not chosen on val)"
     if sha is not None:
@@ -370,6 +383,28 @@ def score_under_seal(
     metrics.update(access_counts(folder, member_dirs))
     write_json_atomic(out, metrics)
     return metrics
+
+
+def verify_pool_decision(decision: Decision, members: Sequence[Path]) -> bool:
+    """A cross-validation pool's operating point (``fxbench cv``) is made of its fold runs'
+    tuned decisions: it verifies when its ``fold_decisions`` name exactly ``members``, and each
+    member's ``decision.json`` passes :func:`authorize_test` with the recorded sha256.
+
+    Raises:
+        ProtocolError: a fold decision is missing, other than recorded, or does not verify.
+    """
+    recorded = (decision.model_extra or {}).get("fold_decisions")
+    if not isinstance(recorded, list) or not members:
+        return False
+    by_run = {str(Path(r.get("run", "")).resolve()): r.get("decision_sha256") for r in recorded if isinstance(r, dict)}
+    if set(by_run) != {str(m.resolve()) for m in members}:
+        raise ProtocolError("the pool's decision names other fold runs than the ones pooled",
+                            "pool the fold runs again with `fxbench cv`")
+    for m in members:
+        own = authorize_test(m, m / DECISION_FILE, None)
+        if own.sha256() != by_run[str(m.resolve())]:
+            raise ProtocolError(f"{m / DECISION_FILE} changed since it was pooled", "pool the fold runs again with `fxbench cv`")
+    return True
 
 
 def access_counts(folder: str | Path, members: Sequence[str | Path] = ()) -> dict[str, Any]:

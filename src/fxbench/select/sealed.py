@@ -1,14 +1,12 @@
-"""Reading sealed test artifacts for ``compare`` and ``cv``: the one adapter to the seal.
+"""Reading sealed test artifacts for ``compare`` and ``cv``, through the one sealed path.
 
 A *sealed test artifact* is a folder's ``predictions/test.npz`` that the seal already scored:
-``metrics/test.json`` names its sha256, the folder's ``test_access.log`` has that access, and
-the operating point it was scored at is re-authorised by :func:`fxbench.select.seal.authorize_test`
-(the folder's ``decision.json``, or the user-fixed threshold the metrics record). Reading it
-again for a new number is one more test access, appended to the folder's log (and to the logs
-of the runs it is built from).
-
-Everything ``compare`` and ``cv`` know about the seal goes through this module, so a change of
-the seal's API is a change here only.
+``metrics/test.json`` names its sha256 and the folder's ``test_access.log`` has that access.
+Reading it again for a new number (a comparison, a pool) is one more test access: it goes
+through :func:`fxbench.select.seal.score_under_seal`, which re-authorises the folder's decision
+(its ``decision.json``; the user-fixed operating point its metrics record; a cv pool's decision
+through its fold runs), appends the access to the folder's log and to those of the runs it is
+built from, and rewrites ``metrics/test.json`` with the same numbers and the new access counts.
 """
 
 from __future__ import annotations
@@ -19,64 +17,111 @@ from typing import Any
 
 from fxbench.errors import DataError, ProtocolError
 from fxbench.io import read_json, sha256_file
-from fxbench.predict.artifact import load_predictions
+from fxbench.predict.artifact import Predictions, load_predictions
 from fxbench.select.compare import CompareInput, operating_point
-from fxbench.select.decision import DECISION_FILE
-from fxbench.select.seal import authorize_test, log_test_access, read_test_access
+from fxbench.select.decision import DECISION_FILE, Decision, read_decision
+from fxbench.select.seal import cache_scorer, read_test_access, score_under_seal
+
+#: Keys of metrics/test.json that the seal recomputes on every access.
+_ACCESS_KEYS = ("test_accesses", "member_runs", "member_test_accesses", "max_test_accesses", "decision_label")
+#: Where a cv pool lists its fold runs.
+POOL_FILE = "cv_pool.json"
 
 
-def _members(folder: Path) -> list[Path]:
+def members_of(folder: Path) -> list[Path]:
     """Runs a result folder is built from (ensemble/blend ``members.json``, cv ``cv_pool.json``)."""
-    for name in ("members.json", "cv_pool.json"):
+    for name in ("members.json", POOL_FILE):
         path = folder / name
         if path.is_file():
             doc = read_json(path)
-            runs = doc.get("runs") or [m.get("run_dir") for m in doc.get("members", []) if isinstance(m, dict)]
+            runs = doc.get("runs") or [m.get("run_dir") or m.get("path") for m in doc.get("members", [])
+                                       if isinstance(m, dict)]
             return [Path(r) for r in runs if r]
     return []
+
+
+def _fix(folder: Path) -> str:
+    return (f"score it once under the seal first: `fxbench tune {folder}` then "
+            f"`fxbench eval {folder} --split test --decision {folder / DECISION_FILE}`")
+
+
+def check_sealed(folder: Path) -> None:
+    """Refuse a folder whose test predictions were never scored under the seal (ProtocolError)."""
+    files = (folder / "predictions" / "test.npz", folder / "metrics" / "test.json")
+    if not all(f.is_file() for f in files) or not read_test_access(folder):
+        raise ProtocolError(f"{folder} has no sealed test artifact (predictions/test.npz scored by the seal)",
+                            _fix(folder))
 
 
 def sealed_test_input(folder: str | Path, command: str | Sequence[str], kind: str = "compare") -> CompareInput:
     """A folder's sealed test predictions at the operating point the seal scored them with.
 
-    Logs one test access in ``folder`` (and in each member run) with ``kind``.
+    One test access of ``folder`` (and of each run it is built from), logged with ``kind``.
 
     Raises:
-        ProtocolError: the folder's test predictions were never scored under the seal, changed
-            since, or their decision no longer verifies.
-        DataError: files missing or unreadable.
+        ProtocolError: never scored under the seal, changed since, or the decision no longer verifies.
     """
     folder = Path(folder)
-    art, metrics_path = folder / "predictions" / "test.npz", folder / "metrics" / "test.json"
-    fix = (f"score it once under the seal first: `fxbench tune {folder}` then "
-           f"`fxbench eval {folder} --split test --decision {folder / DECISION_FILE}`")
-    if not art.is_file() or not metrics_path.is_file() or not read_test_access(folder):
-        raise ProtocolError(f"{folder} has no sealed test artifact (predictions/test.npz scored by the seal)", fix)
-    metrics = dict(read_json(metrics_path))
-    sha = sha256_file(art)
-    if metrics.get("predictions_sha256") and metrics["predictions_sha256"] != sha:
-        raise ProtocolError(f"{art} is not the artifact the seal scored (sha256 differs from metrics/test.json)", fix)
-    pred = load_predictions(art)
-    if pred.meta.get("split") != "test":
-        raise ProtocolError(f"{art} is not a test artifact (split recorded as {pred.meta.get('split')!r})", fix)
-    recorded = operating_point(metrics, pred)
+    pred, metrics, recorded = _load_sealed(folder)
+    art = folder / "predictions" / "test.npz"
+    captured: dict[str, Decision] = {}
+
+    def same_numbers(_: Any, decision: Decision) -> dict[str, Any]:
+        captured["decision"] = decision
+        return {k: v for k, v in metrics.items() if k not in _ACCESS_KEYS}
+
+    kw: dict[str, Any] = {"kind": kind, "command": command, "scorer": same_numbers, "members": members_of(folder),
+                          "artifact_path": art, "metrics_kind": str(metrics.get("kind") or "run")}
     if metrics.get("decision_source") == "user-fixed":
-        decision = authorize_test(folder, None, recorded["threshold"], presence_source=recorded["presence_source"],
-                                  presence_threshold=recorded["presence_threshold"],
-                                  min_component=recorded["min_component"])
+        kw["decision"] = Decision(**recorded, tta=pred.meta.get("tta"), selected_on="user", source="user-fixed")
+    elif (folder / POOL_FILE).is_file():
+        kw["decision"] = read_decision(folder / DECISION_FILE)
     else:
-        decision = authorize_test(folder, folder / DECISION_FILE, None)
+        kw.update(decision_path=folder / DECISION_FILE, checkpoint=pred.meta.get("checkpoint"),
+                  checkpoint_sha256=pred.meta.get("checkpoint_sha256"))
+    score_under_seal(folder, pred, **kw)
+    return _input(folder, pred, captured["decision"], recorded)
+
+
+def _load_sealed(folder: Path) -> tuple[Predictions, dict[str, Any], dict[str, Any]]:
+    """(test predictions, their metrics/test.json, the operating point recorded there)."""
+    check_sealed(folder)
+    art = folder / "predictions" / "test.npz"
+    metrics = dict(read_json(folder / "metrics" / "test.json"))
+    if metrics.get("predictions_sha256") and metrics["predictions_sha256"] != sha256_file(art):
+        raise ProtocolError(f"{art} is not the artifact the seal scored (sha256 differs from metrics/test.json)",
+                            _fix(folder))
+    pred = load_predictions(art)
+    return pred, metrics, operating_point(metrics, pred)
+
+
+def _input(folder: Path, pred: Predictions, decision: Decision, recorded: dict[str, Any]) -> CompareInput:
     point = operating_point(decision.to_dict(), pred)
     if point != recorded:
-        raise ProtocolError(f"{folder}: decision.json no longer matches the operating point its test metrics were "
-                            f"scored at ({point} vs {recorded})", fix)
-    digest = decision.sha256()
-    extra: dict[str, Any] = {"kind": kind}
-    log_test_access(folder, digest, command, metrics_path=metrics_path, extra=extra)
-    for member in _members(folder):
-        if member.is_dir():
-            log_test_access(member, digest, command, metrics_path=metrics_path, extra={**extra, "via": str(folder)})
-    return CompareInput(folder.name, folder, "test", pred, point, digest)
+        raise ProtocolError(f"{folder}: its decision no longer matches the operating point its test metrics were "
+                            f"scored at ({point} vs {recorded})", _fix(folder))
+    return CompareInput(folder.name, folder, "test", pred, point, decision.sha256())
+
+
+def fold_input(folder: str | Path) -> CompareInput:
+    """A fold run's sealed test predictions at its verified tuned decision, for a cv pool.
+
+    Not itself logged: the caller must score the pool through :func:`score_pool`, which
+    re-verifies this decision and logs the access in the fold run (a member of the pool).
+
+    Raises:
+        ProtocolError: not sealed, or not a tuned decision (a pool needs val-chosen operating points).
+    """
+    from fxbench.select.seal import authorize_test
+
+    folder = Path(folder)
+    pred, metrics, recorded = _load_sealed(folder)
+    if metrics.get("decision_source") != "tune":
+        raise ProtocolError(f"{folder} was tested at a {metrics.get('decision_source')} operating point; a cv pool "
+                            "needs each fold's decision tuned on its val", "run `fxbench train --fold K` for it")
+    decision = authorize_test(folder, folder / DECISION_FILE, None, checkpoint=pred.meta.get("checkpoint"),
+                              checkpoint_sha256=pred.meta.get("checkpoint_sha256"))
+    return _input(folder, pred, decision, recorded)
 
 
 def compare_folders(folders: Sequence[str | Path], split: str, command: str | Sequence[str]) -> list[CompareInput]:
@@ -87,21 +132,16 @@ def compare_folders(folders: Sequence[str | Path], split: str, command: str | Se
         return [val_input(f) for f in folders]
     if split != "test":
         raise DataError(f"--split must be val or test, not {split!r}")
-    # Check every folder before logging any access: a refused comparison looks at nothing.
-    for f in folders:
-        folder = Path(f)
-        if not (folder / "predictions" / "test.npz").is_file() or not read_test_access(folder):
-            raise ProtocolError(f"{folder} has no sealed test artifact (predictions/test.npz scored by the seal)",
-                                f"compare on val, or score it once: `fxbench eval {folder} --split test --decision "
-                                f"{folder / DECISION_FILE}`")
+    for f in folders:  # refuse before logging any access
+        check_sealed(Path(f))
     return [sealed_test_input(f, command) for f in folders]
 
 
 def score_pool(
     out: str | Path,
-    pooled: Any,
-    decision: dict[str, Any],
-    members: Sequence[str | Path],
+    pooled: Predictions,
+    point: dict[str, Any],
+    folds: Sequence[CompareInput],
     command: str | Sequence[str],
     *,
     bootstrap: int = 2000,
@@ -110,35 +150,22 @@ def score_pool(
 ) -> dict[str, Any]:
     """Score a pooled cross-validation artifact once under the seal into ``out``.
 
-    Writes ``out/decision.json`` (the pooled operating point, composed of the members' frozen
-    decisions), ``out/predictions/test.npz`` and ``out/metrics/test.json``, and logs the access in
-    ``out``. A pool folder is tested once (like ensembles): a second call refuses.
-
-    Raises:
-        ProtocolError: ``out`` already has a test access.
+    Writes ``out/decision.json``: the pool's operating point, naming each fold run's verified
+    decision by its sha256 (the seal re-verifies them), then ``out/predictions/test.npz`` and
+    ``out/metrics/test.json`` through :func:`~fxbench.select.seal.score_under_seal` (once: a
+    second pool into the same folder is refused).
     """
-    from fxbench.evaluate import evaluate_predictions
-    from fxbench.io import write_json_atomic
-    from fxbench.predict.artifact import save_predictions
-    from fxbench.select.decision import Decision, write_decision
-    from fxbench.select.seal import test_access_count
+    from fxbench.select.decision import write_decision
 
     out = Path(out)
     if read_test_access(out):
         raise ProtocolError(f"{out} already holds a scored pool; a pool is tested once",
                             "choose a new --out folder (and a reason to look at test again)")
+    fold_decisions = [{"run": str(f.folder.resolve()), "decision_sha256": f.decision_sha256} for f in folds]
+    decision = Decision.model_validate({**point, "tta": pooled.meta.get("tta"), "selected_on": "val",
+                                        "source": "tune", "kind": "cv", "fold_decisions": fold_decisions}).sealed()
     out.mkdir(parents=True, exist_ok=True)
-    record = Decision.model_validate({**decision, "selected_on": "val", "source": "tune", "kind": "cv",
-                                      "fold_runs": [str(m) for m in members]})
-    write_decision(out, record)
-    authorised = authorize_test(out, out / DECISION_FILE, None)
-    art = save_predictions(out / "predictions" / "test.npz", pooled)
-    metrics = evaluate_predictions(pooled, authorised.to_dict(), bootstrap=bootstrap, seed=seed)
-    metrics.update(extra or {})
-    metrics.update(split="test", kind="cv", run=out.name, decision_source="cv (each fold's tuned decision)",
-                   predictions_sha256=sha256_file(art))
-    path = out / "metrics" / "test.json"
-    log_test_access(out, authorised.sha256(), command, metrics_path=path, extra={"kind": "cv"})
-    metrics["test_accesses"] = test_access_count(out)
-    write_json_atomic(path, metrics)
-    return metrics
+    write_decision(out, decision)
+    return score_under_seal(out, pooled, kind="cv", command=command, decision=decision,
+                            members=[f.folder for f in folds], scorer=cache_scorer(bootstrap, seed),
+                            save_to=out / "predictions" / "test.npz", once=True, extra=extra)
