@@ -77,7 +77,7 @@ def test_cv_pools_every_image_once_at_each_folds_own_operating_point(cv_runs: di
     assert set(metrics["per_fold"]["dice_pos"]) == {"values", "mean", "sd"}
     assert len(metrics["per_fold"]["dice_pos"]["values"]) == K
     for k in range(K):
-        assert test_access_count(cv_dir / f"fold_{k}") == 2  # its own test + the pool's read
+        assert test_access_count(cv_dir / f"fold_{k}") == 2  # its own test + the pool's score
     # each image is binarised exactly as its fold's decision did
     pooled_stats = compute_per_image_stats(pooled, read_json(pool / "decision.json"))
     pos = {i: n for n, i in enumerate(pooled.image_ids)}
@@ -94,6 +94,14 @@ def test_cv_pools_every_image_once_at_each_folds_own_operating_point(cv_runs: di
         src = resolve_presence_source(fold, decision["presence_source"])
         want = fold.presence[src] >= np.float32(decision["presence_threshold"])
         assert np.array_equal(pooled.presence["cv"][idx] >= np.float32(0.5), want)
+    # the pool is an ordinary sealed result folder: compare reads it, logged in it and its fold runs
+    res = CliRunner().invoke(app, ["compare", str(pool), str(pool), "--split", "test", "--bootstrap", "50", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert all(r["delta"] == 0.0 and r["p_value"] == 1.0 for r in doc["comparisons"][0]["metrics"].values())
+    assert test_access_count(pool) == 3 and test_access_count(cv_dir / "fold_0") == 4
+    assert read_json(pool / "metrics" / "test.json")["dice_pos"] == metrics["dice_pos"]  # same numbers
+    assert read_json(pool / "metrics" / "test.json")["kind"] == "cv"
     # a pool is scored once
     again = CliRunner().invoke(app, ["cv", *runs])
     assert again.exit_code == 4, again.output

@@ -29,13 +29,17 @@ POOL_FILE = "cv_pool.json"
 
 
 def members_of(folder: Path) -> list[Path]:
-    """Runs a result folder is built from (ensemble/blend ``members.json``, cv ``cv_pool.json``)."""
+    """Runs a result folder is built from: the ``member_runs`` its sealed test metrics record
+    (ensembles, blends, pools), else its ``members.json`` / ``cv_pool.json``; none for a run."""
+    metrics = folder / "metrics" / "test.json"
+    recorded = read_json(metrics).get("member_runs") if metrics.is_file() else None
+    if recorded:
+        return [Path(r) for r in recorded]
     for name in ("members.json", POOL_FILE):
         path = folder / name
         if path.is_file():
             doc = read_json(path)
-            runs = doc.get("runs") or [m.get("run_dir") or m.get("path") for m in doc.get("members", [])
-                                       if isinstance(m, dict)]
+            runs = doc.get("runs") or [m.get("run") for m in doc.get("members", []) if isinstance(m, dict)]
             return [Path(r) for r in runs if r]
     return []
 
