@@ -60,7 +60,7 @@ def test_fold_runs_follow_the_naming_and_test_once_on_their_fold(cv_runs: dict[s
         assert not set(val) & set(test)
         test_ids += test
     assert sorted(test_ids) == sorted(_manifest_ids(cv_runs["prep"]))  # every image in exactly one test fold
-    assert len(read_json(cv_dir / "cv.json")["results"]) == K
+    assert len(read_json(cv_dir / "sweep.json")["results"]) == K
 
 
 def test_cv_pools_every_image_once_at_each_folds_own_operating_point(cv_runs: dict[str, Path]) -> None:

@@ -106,3 +106,11 @@ def test_prepare_folds_cli_manifest_report_and_fold_loading(synth_archive: Path,
     assert {r["fold"] for r in _manifest(out)} == {""}
     res = runner.invoke(app, ["prepare", "--archive", str(synth_archive), "--out", str(out), "--folds", "1"])
     assert res.exit_code == 2 and "--folds must be" in res.output
+
+
+def test_train_fold_needs_a_folded_prepared_folder(prepared: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["train", "--set", f"data.prepared={prepared}", "--set", "data.image_size=64",
+                                   "--fold", "0", "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 3 and "no cross-validation folds" in res.output, res.output
+    res = CliRunner().invoke(app, ["train", "--set", f"data.prepared={prepared}", "--fold", "0", "--folds", "all"])
+    assert res.exit_code != 0
