@@ -33,8 +33,12 @@ def check_folds(k: int) -> int:
     return k
 
 
-def _strata(items: Sequence[Item]) -> dict[int, list[list[str]]]:
-    """Whole duplicate groups per label stratum (a group with any positive is positive), sorted."""
+def label_strata(items: Sequence[Item]) -> dict[int, list[list[str]]]:
+    """Whole duplicate groups per label stratum, in sorted group-key order, members sorted.
+
+    A group with any positive member is positive (its fracture must not leak). Shared by the
+    grouped split and the folds.
+    """
     by_group: dict[str, list[tuple[str, int]]] = {}
     for image_id, label, group in items:
         by_group.setdefault(group, []).append((image_id, int(label)))
@@ -57,7 +61,7 @@ def assign_folds(items: Sequence[Item], k: int, seed: int = 42) -> dict[str, int
     """
     check_folds(k)
     labels = {i: int(lab) for i, lab, _ in items}
-    strata = _strata(items)
+    strata = label_strata(items)
     rng = random.Random(seed)
     fold_of: dict[str, int] = {}
     count = {0: [0] * k, 1: [0] * k}  # images of each label per fold
@@ -86,7 +90,7 @@ def fold_split(items: Sequence[Item], fold_of: dict[str, int], fold: int, seed: 
                         f"use data.fold in 0..{folds[-1]}")
     out = {image_id: "test" for image_id, f in fold_of.items() if f == fold}
     rng = random.Random(seed * 1000 + fold)
-    strata = _strata([it for it in items if it[0] in fold_of])
+    strata = label_strata([it for it in items if it[0] in fold_of])
     for label in (0, 1):
         groups = strata[label]
         want = round(INNER_VAL_SHARE * sum(len(g) for g in groups))

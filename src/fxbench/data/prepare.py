@@ -41,7 +41,7 @@ from fxbench.data.cache import (
     parse_cache_key,
     to_cache_frame,
 )
-from fxbench.data.folds import assign_folds, check_folds, fold_summary
+from fxbench.data.folds import assign_folds, check_folds, fold_summary, label_strata
 from fxbench.data.fracatlas import (
     BOX_SOURCES,
     META_COLUMNS,
@@ -171,13 +171,7 @@ def grouped_split(
     sorted before the seeded shuffle, so the result depends only on the data and the seed.
     """
     check_ratios(train_ratio, val_ratio)
-    by_group: dict[str, list[tuple[str, int]]] = {}
-    for image_id, label, group in items:
-        by_group.setdefault(group, []).append((image_id, int(label)))
-    strata: dict[int, list[list[str]]] = {0: [], 1: []}
-    for key in sorted(by_group):
-        members = by_group[key]
-        strata[max(lab for _, lab in members)].append(sorted(i for i, _ in members))
+    strata = label_strata(items)
     rng = random.Random(seed)
     out: dict[str, str] = {}
     for label in (0, 1):
