@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from fxbench.artifacts.predictions import Predictions, load_predictions, save_predictions
 from fxbench.cli.app import app
 from fxbench.config import load_config
 from fxbench.evaluate import compute_per_image_stats
 from fxbench.io import read_json, write_json_atomic
-from fxbench.predict.artifact import Predictions, load_predictions, save_predictions
 from fxbench.select.seal import check_true_split, test_access_count
 
 K = 3
@@ -25,7 +25,8 @@ K = 3
 def cv_runs(synth_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The synthetic archive prepared with 3 folds, and one tiny fold run per fold."""
     from fxbench.data.prepare import prepare
-    from fxbench.workflow import train_cv
+    from fxbench.launch.jobs import sweep_jobs
+    from fxbench.launch.local import run_sequential
 
     root = tmp_path_factory.mktemp("cv")
     prep = root / "prep"
@@ -35,9 +36,10 @@ def cv_runs(synth_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         "train.epochs=1", "train.batch_size=8", "train.max_steps_per_epoch=2", "eval.bootstrap=0",
         "runtime.device=cpu", "runtime.channels_last=false", "train.selection_metric=neg_loss",
     ], environ={})
-    out = train_cv(cfg, list(range(K)), root / "runs", "tiny")
-    assert [r["status"] for r in out["results"]] == ["finished"] * K
-    return {"prep": prep, "cv": Path(out["cv_dir"])}
+    sweep = sweep_jobs(cfg, root / "runs", "tiny", folds=list(range(K)))  # what `train --folds all` runs
+    results = run_sequential(sweep)
+    assert [r.status for r in results] == ["finished"] * K, [r.reason for r in results]
+    return {"prep": prep, "cv": sweep.sweep_dir}
 
 
 def _manifest_ids(prep: Path) -> list[str]:

@@ -139,8 +139,9 @@ def run_state(run_dir: Path) -> str:
     return "finished" if status == "finished" else "partial"
 
 
-#: Trains ``cfg`` for ``fold`` into ``run_dir``; set by the cross-validation code (#15) through
-#: :func:`register_fold_trainer`. Signature: (cfg, fold, run_dir, resume, on_progress) -> summary.
+#: Trains ``cfg`` for ``fold`` into ``run_dir`` in place of :func:`fxbench.workflow.train_fold`
+#: (tests, other protocols), set through :func:`register_fold_trainer`.
+#: Signature: (cfg, fold, run_dir, resume, on_progress) -> summary.
 _FOLD_TRAINER: Callable[..., dict[str, Any]] | None = None
 
 
@@ -172,10 +173,12 @@ def run_job(job: Job, skip_existing: bool = False, on_progress: Callable[[Any], 
         if job.fold is None:
             summary = train_run(cfg, run_dir, resume=resume, on_progress=on_progress)
         else:
-            if _FOLD_TRAINER is None:
-                raise UsageError("fold jobs need the cross-validation trainer (train --fold)",
-                                 "this fxbench has no fold support yet; sweep --seeds only")
-            summary = _FOLD_TRAINER(cfg, job.fold, run_dir, resume=resume, on_progress=on_progress)
+            from fxbench.workflow import (
+                train_fold,  # train, tune on the inner val, test once on the fold
+            )
+
+            trainer = _FOLD_TRAINER or train_fold
+            summary = trainer(cfg, job.fold, run_dir, resume=resume, on_progress=on_progress)
     except Exception as err:  # noqa: BLE001 - one job's failure must not stop the sweep
         return JobResult(**base, status="failed", reason=describe_error(err))
     status = summary["status"]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fxbench.artifacts.predictions import Predictions, load_predictions, subset
 from fxbench.errors import DataError, UsageError
 from fxbench.evaluate import (
     HEADLINE_METRICS,
@@ -27,6 +28,7 @@ from fxbench.evaluate import (
     point_estimates,
     resolve_decision,
     resolve_presence_source,
+    with_derived_presence,
 )
 from fxbench.evaluate.metrics import PerImageStats, threshold_probs
 from fxbench.evaluate.paired import (
@@ -37,7 +39,6 @@ from fxbench.evaluate.paired import (
     paired_bootstrap,
 )
 from fxbench.io import read_json
-from fxbench.predict.artifact import Predictions, load_predictions, subset
 
 #: Significance level for "significantly worse" marks (on Holm-adjusted p-values).
 ALPHA = 0.05
@@ -54,6 +55,11 @@ class CompareInput:
     decision: dict[str, Any]  # threshold, presence_source (resolved), presence_threshold, min_component
     decision_sha256: str | None = None
 
+    def __post_init__(self) -> None:
+        # Derived presence sources (pred_area) exist only at an operating point: add them here.
+        self.pred = with_derived_presence(self.pred, float(self.decision["threshold"]),
+                                          int(self.decision.get("min_component") or 0))
+
     def stats(self) -> PerImageStats:
         """Per-image table at the decision (cache resolution), with its presence score."""
         return compute_per_image_stats(self.pred, self.decision, "cache")
@@ -69,7 +75,8 @@ class CompareInput:
 def operating_point(source: dict[str, Any], pred: Predictions) -> dict[str, Any]:
     """The operating point keys of a decision or metrics dict, presence source resolved."""
     view = resolve_decision(source)
-    return {"threshold": view.threshold, "presence_source": resolve_presence_source(pred, view.presence_source),
+    derived = with_derived_presence(pred, view.threshold, view.min_component)
+    return {"threshold": view.threshold, "presence_source": resolve_presence_source(derived, view.presence_source),
             "presence_threshold": view.presence_threshold, "min_component": view.min_component}
 
 

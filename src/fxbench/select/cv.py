@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from fxbench.artifacts.predictions import Predictions
 from fxbench.errors import DataError
 from fxbench.evaluate import HEADLINE_METRICS
 from fxbench.evaluate.metrics import remove_small_components, threshold_probs
-from fxbench.predict.artifact import Predictions
 from fxbench.select.compare import CompareInput
 from fxbench.select.sealed import POOL_FILE
 

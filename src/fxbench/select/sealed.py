@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fxbench.artifacts.decision import DECISION_FILE, Decision, read_decision
+from fxbench.artifacts.predictions import Predictions, load_predictions
 from fxbench.errors import DataError, ProtocolError
 from fxbench.io import read_json, sha256_file
-from fxbench.predict.artifact import Predictions, load_predictions
 from fxbench.select.compare import CompareInput, operating_point
-from fxbench.select.decision import DECISION_FILE, Decision, read_decision
 from fxbench.select.seal import cache_scorer, read_test_access, score_under_seal
 
 #: Keys of metrics/test.json that the seal recomputes on every access.
@@ -159,7 +159,7 @@ def score_pool(
     ``out/metrics/test.json`` through :func:`~fxbench.select.seal.score_under_seal` (once: a
     second pool into the same folder is refused).
     """
-    from fxbench.select.decision import write_decision
+    from fxbench.artifacts.decision import write_decision
 
     out = Path(out)
     if read_test_access(out):
