@@ -142,11 +142,11 @@ def test_compare_refuses_other_images_and_unsealed_test(cv_runs: dict[str, Path]
     assert res.exit_code == 4 and "no sealed test artifact" in res.output, res.output
 
 
-def _fake_folder(root: Path, name: str, pred: Predictions, dice: float) -> Path:
+def _fake_folder(root: Path, name: str, pred: Predictions, dice: float, source: str = "head") -> Path:
     folder = root / name
     save_predictions(folder / "predictions" / "val.npz", pred)
-    write_json_atomic(folder / "metrics" / "val.json", {"dice_pos": dice, "threshold": 0.5, "presence_source": "head",
-                                                         "presence_threshold": 0.5, "min_component": 0})
+    write_json_atomic(folder / "metrics" / "val.json", {"dice_pos": dice, "threshold": 0.5, "presence_source": source,
+                                                         "presence_threshold": 0.05, "min_component": 0})
     return folder
 
 
@@ -183,3 +183,8 @@ def test_compare_holm_and_report_marks_significantly_worse_rows(tmp_path: Path) 
     assert "dice_pos" in rows["b"]["worse_than_best"] and rows["a"]["worse_than_best"] == []
     assert "dice_pos" not in rows["c"]["worse_than_best"]
     assert "↓" in (tmp_path / "rep" / "leaderboard.md").read_text(encoding="utf-8")
+    # a derived presence source (pred_area: exists only at the operating point) compares too
+    d = _fake_folder(tmp_path, "d", pred(good, 0.6), 0.9, source="pred_area")
+    res = CliRunner().invoke(app, ["compare", str(a), str(d), "--bootstrap", "50", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["runs"][1]["presence_source"] == "pred_area"
