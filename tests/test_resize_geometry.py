@@ -101,6 +101,12 @@ def both(synth_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_resize_without_cache_size_is_refused(synth_archive: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["prepare", "--archive", str(synth_archive), "--out", str(tmp_path / "p"),
+                                   "--resize", "stretch"])
+    assert res.exit_code == 2 and "--cache-size" in res.output
+
+
 def test_prepare_writes_one_cache_per_geometry(both: Path) -> None:
     assert (both / "cache" / "64.npz").is_file() and (both / "cache" / "64-stretch.npz").is_file()
     report = json.loads((both / "prepare_report.json").read_text())

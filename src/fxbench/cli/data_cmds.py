@@ -136,7 +136,7 @@ def _summary_table(report: dict[str, Any]) -> Table:
         ("warnings", f"{report.get('warnings_count', 0):,}"),
     ]
     for size, c in report.get("caches", {}).items():
-        rows.append((f"cache {size} px", f"{c.get('geometry', 'letterbox')}, {c['format']}, {c['bytes'] / 1e6:,.1f} MB"))
+        rows.append((f"cache {size}.npz", f"{c.get('geometry', 'letterbox')}, {c['format']}, {c['bytes'] / 1e6:,.1f} MB"))
     if "timings_s" in report:
         rows.append(("time (s)", f"{report['timings_s']['total']:.1f}"))
     for k, v in rows:
@@ -161,7 +161,7 @@ def prepare(
     split_mode: SplitMode | None = typer.Option(None, "--split-mode", help="grouped (default): stratified, pixel-identical duplicates kept together; seed: the seed benchmark's split; official: FracAtlas' positive split + seeded negatives. Rerunning on a prepared folder keeps its mode unless given."),
     seed: int | None = typer.Option(None, "--seed", help="Split seed (default 42, or the folder's current one)."),
     cache_size: list[int] | None = typer.Option(None, "--cache-size", help="Cache edge in px (repeatable). Default: keep the folder's caches, or 512 for a new folder. Other caches in the folder are kept."),
-    resize: Resize = typer.Option(Resize.letterbox, "--resize", help="Geometry of the --cache-size caches: letterbox (aspect kept, zero padding; cache/S.npz) or stretch (both axes to S, the seed's default; cache/S-stretch.npz). Train with the matching data.resize."),
+    resize: Resize | None = typer.Option(None, "--resize", help="Geometry of the --cache-size caches: letterbox (aspect kept, zero padding; cache/S.npz) or stretch (both axes to S, the seed's default; cache/S-stretch.npz). Default letterbox; needs --cache-size. Train with the matching data.resize."),
     train_ratio: float | None = typer.Option(None, "--train-ratio", help="Train share for the seed and grouped modes (default 0.70, or the folder's current one)."),
     val_ratio: float | None = typer.Option(None, "--val-ratio", help="Val share for the seed and grouped modes (default 0.15, or the folder's current one); test gets the rest."),
     cache_format: CacheFormat = typer.Option(CacheFormat.raw, "--cache-format", help="Format of the --cache-size caches. raw: uint8 arrays; jpeg: compact (JPEG images, PNG masks)."),
@@ -181,6 +181,10 @@ def prepare(
         archive = registered_archive()
         if archive is None:
             raise DataError("no --archive given and no archive registered", "pass --archive PATH, or run `fxbench download` (or `fxbench download --from-file ZIP`)")
+    if resize is not None and not cache_size:
+        from fxbench.errors import UsageError
+
+        raise UsageError("--resize applies to the caches named by --cache-size", f"add e.g. --cache-size 256 --resize {resize.value}")
     out = out or prepared_dir()
     # Adding a cache size to a prepared folder must not silently change its split (runs
     # trained on it would no longer match): unless asked, keep the folder's mode and seed.
@@ -200,7 +204,7 @@ def prepare(
         result = run_prepare(
             archive, out, split_mode=mode, seed=split_seed, cache_sizes=tuple(cache_size) if cache_size else None,
             cache_format=cache_format.value, force=force, workers=workers, progress=progress,
-            resize=resize.value, train_ratio=ratios[0], val_ratio=ratios[1], folds=folds or None,
+            resize=resize.value if resize else "letterbox", train_ratio=ratios[0], val_ratio=ratios[1], folds=folds or None,
         )
     if result.skipped:
         console.print(f"up to date: {out} (inputs and options unchanged; --force redoes it)")
