@@ -33,6 +33,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     last = result.output.strip().splitlines()[-1]
     assert last == f"report with plots: {out / 'report' / 'report.md'}" and (out / "report" / "report.md").is_file()
     assert "prepare --archive <zip>" not in result.output
+    # eval --split test names the metrics file it wrote and the next step
+    res = CliRunner().invoke(app, ["eval", str(run), "--split", "test", "--decision", str(run / "decision.json")])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {run}/metrics/test.json; next: fxbench report {run} --out report" in res.output
     # A val evaluation may pick any TTA; the stale decision then no longer opens the test split.
     val = CliRunner().invoke(app, ["eval", str(run), "--split", "val", "--tta", "hv"])
     assert val.exit_code == 0, val.output

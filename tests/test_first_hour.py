@@ -48,3 +48,114 @@ def test_case_panels_never_repeat_and_say_what_the_background_is(tmp_path: Path)
     (prep / "cache" / "64.npz").unlink()
     out = build_report([run], tmp_path / "r3", cases=6)["plot_values"]["alpha"]
     assert out["cases_best"]["background"].startswith("probability map (no letterbox image cache in")
+
+
+# ---------------------------------------------------------------------------------- hints that work as printed
+
+
+def _next(output: str) -> list[str]:
+    """The command of the last ``next: ...`` line, split like a shell would (comment dropped)."""
+    import shlex
+
+    line = [ln for ln in output.splitlines() if ln.startswith("next: ")][-1]
+    return shlex.split(line.removeprefix("next: ").split("   (")[0])
+
+
+def test_data_hints_run_as_printed(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from fxbench.cli.app import app
+    from fxbench.config import load_config
+    from fxbench.data.cache import find_cache
+
+    runner = CliRunner()
+    monkeypatch.setenv("FXBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["synth", str(tmp_path / "fake"), "--n-images", "24", "--scale", "0.1"])
+    assert res.exit_code == 0, res.output
+    cmd = _next(res.output)
+    assert cmd[:2] == ["fxbench", "prepare"] and "DIR" not in cmd
+    res = runner.invoke(app, cmd[1:])  # the hint, verbatim
+    assert res.exit_code == 0, res.output
+    assert "split mode (seed)" not in res.output and "grouped mode, seed 42" in res.output
+    # not a terminal: plain progress lines with rate and ETA, no bar
+    assert "decoding images: 24/24 (100%)" in res.output and "/s" in res.output
+    assert not [ln for ln in res.output.splitlines() if ln.startswith(("decoding images ", "reading annotations "))]
+    train = _next(res.output)
+    assert train[:2] == ["fxbench", "train"] and "data.image_size=64" in train  # the cache it made, not 256
+    sets = [train[i + 1] for i, a in enumerate(train) if a == "--set"]
+    cfg = load_config(None, sets, environ={})
+    assert find_cache(cfg.data.prepared, cfg.data.image_size).name == "64.npz"
+
+    # download --from-file registers the zip: the hint relies on that (README's form) and works
+    runner.invoke(app, ["synth", str(tmp_path / "fake.zip"), "--zip", "--n-images", "24", "--scale", "0.1"])
+    res = runner.invoke(app, ["download", "--from-file", str(tmp_path / "fake.zip")])
+    assert res.exit_code == 0, res.output
+    cmd = _next(res.output)
+    assert cmd == ["fxbench", "prepare", "--split-mode", "seed", "--cache-size", "256"]
+    res = runner.invoke(app, [*cmd[1:-1], "64", "--out", str(tmp_path / "p2")])  # (smaller, same form)
+    assert res.exit_code == 0, res.output
+
+
+def test_prepare_on_a_local_non_archive_is_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fxbench.cli.app import app
+
+    (tmp_path / "empty.zip").write_bytes(b"")
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    for bad in ("empty.zip", "passwd"):
+        res = CliRunner().invoke(app, ["prepare", "--archive", str(tmp_path / bad), "--out", str(tmp_path / "o")])
+        assert res.exit_code == 3
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "not a readable zip archive" in lines[0], lines
+        assert "download --force" not in lines[0] and "FracAtlas.zip" in lines[0]
+    assert "an empty file" in CliRunner().invoke(
+        app, ["prepare", "--archive", str(tmp_path / "empty.zip"), "--out", str(tmp_path / "o")]).output
+
+
+# ---------------------------------------------------------------------------------- config keys, completion
+
+
+def test_config_keys_show_type_default_and_description() -> None:
+    from typer.testing import CliRunner
+
+    from fxbench.cli.app import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["config", "keys", "image_size"])
+    assert res.exit_code == 0, res.output
+    line = res.stdout.strip()
+    assert line.startswith("data.image_size") and "int = 256" in line and "multiple of 32" in line
+    assert "Network input edge in pixels" in line
+    names = runner.invoke(app, ["config", "keys", "--names"]).stdout.split()
+    assert "optim.lr" in names and all(" " not in n for n in names)
+    rows = json.loads(runner.invoke(app, ["config", "keys", "--json"]).stdout)
+    assert [r["key"] for r in rows] == names
+    assert "fxbench config keys" in runner.invoke(app, ["train", "--help"]).stdout
+
+
+def _complete(line: str) -> list[str]:
+    from typer.testing import CliRunner
+
+    from fxbench.cli.app import app
+
+    words = line.split(" ")
+    res = CliRunner().invoke(app, [], prog_name="fxbench", env={
+        "_FXBENCH_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)})
+    assert res.exit_code == 0, res.output
+    return res.stdout.split()
+
+
+def test_completion_of_split_and_set_values(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fxbench.models.registry import list_models
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "valuables.txt").write_text("a file name completion would offer\n")
+    assert _complete("fxbench eval runs/x --split ") == ["val", "test"]
+    assert _complete("fxbench eval runs/x --split t") == ["test"]
+    assert _complete("fxbench train --set model.name=") == [f"model.name={m}" for m in list_models()]
+    assert _complete("fxbench train --set model.name=unet") == ["model.name=unet", "model.name=unet_dual"]
+    assert _complete("fxbench train --set data.resize=") == ["data.resize=letterbox", "data.resize=stretch"]
+    assert _complete("fxbench config show --set augment.enabled=") == ["augment.enabled=true", "augment.enabled=false"]
+    assert "train.selection_metric=dice_pos" in _complete("fxbench train --set train.selection_metric=")

@@ -187,6 +187,21 @@ def _render_section(model: type[BaseModel], prefix: str, title: str, lines: list
             _render_section(sub, f"{prefix}{name}.", f"`{prefix}{name}`", lines)
 
 
+def key_table(model: type[BaseModel] = schema.Config, prefix: str = "") -> list[dict[str, str]]:
+    """One row per leaf key, in schema order: ``key``, ``type``, ``default``, ``constraints`` and
+    ``description``, as on the reference page (what ``fxbench config keys`` prints)."""
+    rows: list[dict[str, str]] = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        if _is_section(field):
+            rows += key_table(typing.cast(type[BaseModel], field.annotation), f"{dotted}.")
+            continue
+        rows.append({"key": dotted, "type": _type_name(field.annotation), "default": _default(field).strip("`"),
+                     "constraints": _constraints(field, dotted).replace("`", ""),
+                     "description": " ".join((field.description or "").split())})
+    return rows
+
+
 def render_config_reference() -> str:
     """The full text of docs/config.md (Markdown, ends with one newline)."""
     lines: list[str] = [HEADER.rstrip("\n")]

@@ -10,10 +10,50 @@ from fxbench.cli.common import console, handle_errors, out
 
 
 def complete_set_key(incomplete: str) -> list[str]:
-    """Shell completion for --set: schema keys with a trailing '='."""
+    """Shell completion for --set: schema keys with a trailing '='; after ``key=``, the key's
+    values where the schema or a registry knows them (``model.name=`` -> the model registry,
+    choices of a Literal key, ``true``/``false`` for flags, ``train.selection_metric=``)."""
     from fxbench.config import all_keys
 
+    if "=" in incomplete:
+        key, _, part = incomplete.partition("=")
+        return [f"{key}={v}" for v in key_values(key) if v.startswith(part)]
     return [f"{k}=" for k in all_keys() if k.startswith(incomplete)]
+
+
+def key_values(key: str) -> list[str]:
+    """The values ``key`` accepts when they form a short list, else []."""
+    import typing
+
+    from fxbench import config as schema
+    from fxbench.docs_gen import _literal_values
+
+    if key == "model.name":
+        from fxbench.models.registry import list_models
+
+        return list_models()
+    if key == "train.selection_metric":
+        return list(schema.SELECTION_METRICS)
+    model: typing.Any = schema.Config
+    *sections, leaf = key.split(".")
+    for part in sections:
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    field = getattr(model, "model_fields", {}).get(leaf)
+    if field is None:
+        return []
+    literal = _literal_values(field.annotation)
+    if literal:
+        return ["null" if v is None else str(v) for v in literal]
+    inner = [a for a in typing.get_args(field.annotation) if a is not type(None)] or [field.annotation]
+    return ["true", "false"] if inner == [bool] else []
+
+
+def complete_split(incomplete: str) -> list[str]:
+    """--split of eval: val or test."""
+    return [s for s in ("val", "test") if s.startswith(incomplete)]
 
 
 def config_options():
@@ -54,12 +94,29 @@ def validate(config: Path = typer.Argument(..., help="YAML config to check.")) -
 
 @config_app.command("keys")
 @handle_errors
-def keys() -> None:
-    """List every dotted config key (what --set accepts)."""
-    from fxbench.config import all_keys
+def keys(
+    names: bool = typer.Option(False, "--names", help="Bare key names only, one a line (for scripts)."),
+    json_out: bool = typer.Option(False, "--json", help="The table as JSON on stdout."),
+    grep: str | None = typer.Argument(None, help="Show only keys containing this text (e.g. lr, augment.)."),
+) -> None:
+    """List every config key (what --set accepts) with its type, default, constraints and
+    description; docs/config.md has the same table."""
+    import json
 
-    for key in all_keys():
-        out.print(key, markup=False)
+    from fxbench.docs_gen import key_table
+
+    rows = [r for r in key_table() if grep is None or grep.lower() in r["key"].lower()]
+    if json_out:
+        out.print(json.dumps(rows), markup=False)
+        return
+    if names:
+        for r in rows:
+            out.print(r["key"], markup=False)
+        return
+    width = max((len(r["key"]) for r in rows), default=3)
+    for r in rows:
+        rule = f"; {r['constraints']}" if r["constraints"] else ""
+        out.print(f"{r['key']:<{width}}  {r['type']} = {r['default']}{rule}  {r['description']}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

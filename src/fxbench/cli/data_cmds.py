@@ -34,24 +34,81 @@ class Resize(str, Enum):
     stretch = "stretch"
 
 
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds + 0.5))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 @contextmanager
 def _stage_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A Rich progress display fed by prepare's ``progress(stage, done, total)`` callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """prepare's ``progress(stage, done, total)`` as a Rich bar with rate and ETA on a terminal,
+    and as plain lines when stderr is not one (a pipe, ``2>&1 | tee log``): a line per 10% or
+    per 15 s and one when a stage ends, so a log fills while it runs.
+
+    Nothing is drawn before the archive has been read, so a bad archive gives only its one
+    error line.
+    """
+    import time
 
     labels = {"read": "reading annotations", "decode": "decoding images", "write": "writing outputs"}
-    tasks: dict[str, Any] = {}
-    with Progress(
-        TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
-    ) as prog:
+    if console.is_terminal:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                return Text(f"{task.speed:,.1f}/s" if task.speed else "", style="progress.data.speed")
+
+        prog = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+        tasks: dict[str, Any] = {}
 
         def update(stage: str, done: int, total: int) -> None:
+            if stage == "read" and done == 0 and not tasks:
+                return  # the archive is not open yet: no bar for a file that turns out to be no archive
+            if not tasks and not prog.live.is_started:
+                prog.start()
             if stage not in tasks:
                 tasks[stage] = prog.add_task(labels.get(stage, stage), total=total)
             prog.update(tasks[stage], completed=done, total=total)
 
-        yield update
+        try:
+            yield update
+        finally:
+            if tasks:
+                prog.stop()
+        return
+
+    started: dict[str, float] = {}
+    shown: dict[str, tuple[float, int]] = {}
+
+    def line(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        t0 = started.setdefault(stage, now)
+        label = labels.get(stage, stage)
+        if total <= 1:  # read/write: one step
+            if done >= total:
+                console.print(f"{label}: done ({now - t0:.1f} s)", markup=False)
+            return
+        last_t, last_pct = shown.get(stage, (t0, 0))
+        pct = int(100 * done / max(total, 1))
+        if done < total and pct - last_pct < 10 and now - last_t < 15:
+            return
+        shown[stage] = (now, pct)
+        rate = done / (now - t0) if now > t0 and done else 0.0
+        eta = f", ETA {_clock((total - done) / rate)}" if rate and done < total else ""
+        end = f" in {_clock(now - t0)}" if done >= total else ""
+        console.print(f"{label}: {done:,}/{total:,} ({pct}%), {rate:,.1f}/s{eta}{end}", markup=False)
+
+    yield line
 
 
 @contextmanager
@@ -103,7 +160,11 @@ def download(
     if extract:
         dest = arc.extract_zip(path, raw_dir() / "fracatlas", force=force)
         console.print(f"extracted to {dest}")
-    console.print(f"next: fxbench prepare --archive {path} --out DIR", markup=False)
+    # prepare finds the archive on its own only where download registers it by default.
+    registered = out is None and arc.registered_archive() is not None
+    where = "" if registered else f" --archive {path}"
+    console.print(f"next: fxbench prepare{where} --split-mode seed --cache-size 256   (the README's real-data workflow)",
+                  markup=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -127,7 +188,7 @@ def _summary_table(report: dict[str, Any]) -> Table:
         ("truncated JPEGs", f"{report['truncated']:,}"),
         ("duplicate groups (pixel-identical)", f"{report['duplicate_groups']:,}"),
         ("cross-split duplicate groups", f"{report['cross_split_duplicate_groups']:,}"),
-        ("split mode (seed)", f"{report['split_mode']} ({report.get('seed')})"),
+        ("split", f"{report['split_mode']} mode, seed {report.get('seed')}"),
         ("train / val / test", f"{counts.get('train', 0):,} / {counts.get('val', 0):,} / {counts.get('test', 0):,}"),
         ("split ratios", " / ".join(f"{v:g}" for v in report.get("split_ratios", {}).values())),
         ("split sha256", report["split_sha256"][:16] + "..."),
@@ -211,7 +272,7 @@ def prepare(
     console.print(_summary_table(result.report))
     if result.report.get("skipped_images"):
         console.print(f"[yellow]{len(result.report['skipped_images'])} image(s) skipped; see skipped_images in {out / 'prepare_report.json'}[/]")
-    console.print(f"next: fxbench train --set data.prepared={out} --set data.image_size=256", markup=False)
+    console.print(f"next: {_train_hint(out, result.report, tuple(cache_size or ()), resize.value)}", markup=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -234,7 +295,23 @@ def synth(
 
     plan = make_synthetic(out, n_images, seed, as_zip, large_fraction, positive_fraction, scale, overwrite=force)
     console.print(f"wrote {out}: {n_images} images, {len(plan.positives)} fractured")
-    console.print(f"next: fxbench prepare --archive {out} --out DIR", markup=False)
+    prep = out.with_name(f"{out.name.removesuffix('.zip')}-prepared")
+    console.print(f"next: fxbench prepare --archive {out} --out {prep} --cache-size 64", markup=False)
+
+
+def _train_hint(out: Path, report: dict[str, Any], asked: tuple[int, ...], resize: str) -> str:
+    """A train command that works on ``out`` as printed: its image size is a cache the folder
+    has (the one just asked for, else the smallest), floored to a multiple of 32."""
+    from fxbench.data.cache import parse_cache_key
+
+    have = [k for k in (parse_cache_key(str(name)) for name in report.get("caches", {})) if k]
+    pick = [k for k in have if k[0] in asked and k[1] == resize] or sorted(have)
+    if not pick:
+        return f"fxbench prepare --out {out} --cache-size 256   (the folder has no cache yet)"
+    size, geometry = pick[0]
+    edge = max(32, size // 32 * 32)
+    extra = " --set data.resize=stretch" if geometry == "stretch" else ""
+    return f"fxbench train --set data.prepared={out} --set data.image_size={edge}{extra} --run-dir runs/first"
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from fxbench.cli.common import console, handle_errors, out
+from fxbench.cli.config_cmd import complete_split
 from fxbench.cli.misc_cmds import complete_run_path
 
 
@@ -55,7 +56,8 @@ def box_table(metrics: dict[str, Any], title: str):
 @handle_errors
 def eval_(
     run: Path | None = typer.Argument(None, help="Run folder (omit with --predictions).", autocompletion=complete_run_path),
-    split: str = typer.Option("val", "--split", help="val or test (test needs --decision or --threshold)."),
+    split: str = typer.Option("val", "--split", help="val or test (test needs --decision or --threshold).",
+                              autocompletion=complete_split),
     tta: str | None = typer.Option(None, "--tta", help="none, h, v, hv or d4 (default: the decision's or config's)."),
     decision: Path | None = typer.Option(None, "--decision", help="decision.json from `fxbench tune` (the test split needs it, or --threshold)."),
     threshold: float | None = typer.Option(None, "--threshold", help="A user-fixed pixel threshold (recorded as such)."),
@@ -109,6 +111,8 @@ def eval_(
     if split == "test":
         what = "this run" if run is not None and predictions is None else f"peer folder {peer_dir} (kind peer)"
         console.print(access_line(metrics, what), markup=False)
+        folder = run if run is not None and predictions is None else peer_dir
+        console.print(f"wrote {folder}/metrics/test.json; next: fxbench report {folder} --out report", markup=False)
     elif run is not None and predictions is None:
         console.print(f"wrote {run}/metrics/{split}.json; next: fxbench tune {run}", markup=False)
     else:

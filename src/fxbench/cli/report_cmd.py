@@ -56,14 +56,16 @@ def report(
         console.print("↓ = significantly worse than the best row of its split (paired bootstrap, Holm p < 0.05)", markup=False)
     console.print(f"wrote {out_dir / 'leaderboard.md'}, {out_dir / 'report.md'}" + (" and plots" if plots else ""),
                   markup=False)
-    no_metrics = [r["name"] for r in rows if r["split"] is None]
-    val_only = [r["name"] for r in rows if r["split"] == "val"]
+    no_metrics = [r for r in rows if r["split"] is None]
+    val_only = [r for r in rows if r["split"] == "val"]
     if no_metrics:
-        console.print(f"{len(no_metrics)} entries have no metrics yet; next: fxbench eval <run> --split val "
-                      f"(e.g. {no_metrics[0]})", markup=False)
+        ex = no_metrics[0]["path"]
+        console.print(f"{len(no_metrics)} of them have no metrics yet; next (e.g. {no_metrics[0]['name']}): "
+                      f"fxbench eval {ex} --split val", markup=False)
     if val_only:
-        console.print(f"{len(val_only)} entries show val only; next: fxbench tune <run>, then "
-                      f"fxbench eval <run> --split test (e.g. {val_only[0]})", markup=False)
+        ex = val_only[0]["path"]
+        console.print(f"{len(val_only)} of them show val only; next (e.g. {val_only[0]['name']}): fxbench tune {ex}, "
+                      f"then fxbench eval {ex} --split test --decision {Path(ex) / 'decision.json'}", markup=False)
     if not no_metrics and not val_only:
         console.print(f"next: open {out_dir / 'report.md'}", markup=False)
 

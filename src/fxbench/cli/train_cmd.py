@@ -84,7 +84,8 @@ def _parse_seeds(text: str) -> list[int]:
 @handle_errors
 def train(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file (examples/ has recipes)."),
-    set_: list[str] | None = typer.Option(None, "--set", "-s", help="Override: section.key=value (repeatable).",
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help="Override: section.key=value (repeatable); "
+                                          "`fxbench config keys` lists every key with type, default and meaning.",
                                           autocompletion=complete_set_key),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Run folder (default: ./runs/<name>-<time>)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default: config name or model name)."),
@@ -101,7 +102,11 @@ def train(
     fold: int | None = typer.Option(None, "--fold", min=0, help="Cross-validation fold k (needs `prepare --folds K`): train, eval val, tune, then test once on fold k; run folder <name>-cv/fold_<k>."),
     folds: str | None = typer.Option(None, "--folds", help="Cross-validation sweep: `all` or a list like 0,2; one fold run each under <name>-cv/fold_<k>."),
 ) -> None:
-    """Train a segmentation / presence model on the prepared data."""
+    """Train a segmentation / presence model on the prepared data.
+
+    Settings: --config FILE.yaml and --set section.key=value; `fxbench config keys [TEXT]` lists
+    every key with its type, default and description (docs/config.md has the same table).
+    """
     from fxbench.config import load_config
     from fxbench.errors import UsageError
     from fxbench.paths import default_runs_root, new_run_dir
@@ -239,8 +244,12 @@ def _train_cv(cfg: Any, fold: int | None, folds: str | None, seeds: list[int] | 
 def _report(summary: dict[str, Any]) -> None:
     run = summary["run_dir"]
     score = summary.get("best_score")
+    from fxbench.io import read_json
+
+    info = Path(run) / "run.json"
+    metric = (read_json(info).get("selection_metric") if info.is_file() else None) or "selection metric"
     console.print(f"{summary['status']}: best epoch {summary.get('best_epoch')} "
-                  f"(val {'-' if score is None else f'{score:.4f}'}) in {run}", markup=False)
+                  f"(val {metric} {'-' if score is None else f'{score:.4f}'}) in {run}", markup=False)
     if summary["status"] == "interrupted":
         console.print(f"resume with: fxbench train --resume {run}", markup=False)
         raise typer.Exit(130)

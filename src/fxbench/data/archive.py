@@ -125,6 +125,23 @@ def check_zip(zf: zipfile.ZipFile, where: str, limits: ZipLimits = DEFAULT_LIMIT
             raise DataError(f"{where}: unpacks to more than {limits.max_total_bytes:,} bytes; refusing a possible zip bomb")
 
 
+def bad_archive_hint(path: Path) -> str:
+    """What to do about an unreadable archive: download again only when fxbench downloaded it.
+
+    A file of the user's own (``--archive``, ``download --from-file``) is not fixed by
+    ``fxbench download --force``; say what a FracAtlas archive is instead.
+    """
+    from fxbench.paths import archives_dir
+
+    try:
+        ours = Path(path).resolve() == (archives_dir() / ARCHIVE_NAME).resolve()
+    except OSError:
+        ours = False
+    if ours:
+        return "download it again with `fxbench download --force`"
+    return "give FracAtlas.zip, 338 MB from figshare, or the folder it unpacks to; `fxbench download` fetches it"
+
+
 def open_zip(path: str | os.PathLike[str], limits: ZipLimits = DEFAULT_LIMITS) -> zipfile.ZipFile:
     """Open and check a zip; a bad or hostile file becomes a one-line DataError."""
     path = Path(path)
@@ -133,7 +150,9 @@ def open_zip(path: str | os.PathLike[str], limits: ZipLimits = DEFAULT_LIMITS) -
     except FileNotFoundError as err:
         raise DataError(f"archive not found: {path}", "check the path, or run `fxbench download`") from err
     except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise DataError(f"{path} is not a readable zip archive ({err})", "download it again with `fxbench download --force`") from err
+        size = path.stat().st_size if path.is_file() else 0
+        what = "an empty file" if path.is_file() and size == 0 else f"{size:,} bytes" if path.is_file() else "not a file"
+        raise DataError(f"{path} is not a readable zip archive ({err}; {what})", bad_archive_hint(path)) from err
     try:
         check_zip(zf, str(path), limits)
     except BaseException:
@@ -173,7 +192,7 @@ def extract_zip(
         os.replace(tmp, dest)
     except zipfile.BadZipFile as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{zip_path}: corrupt member ({err})", "download it again with `fxbench download --force`") from err
+        raise DataError(f"{zip_path}: corrupt member ({err})", bad_archive_hint(Path(zip_path))) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
