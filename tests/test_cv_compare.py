@@ -118,7 +118,7 @@ def test_compare_a_run_with_itself_gives_zero_differences_and_p_one(cv_runs: dic
     for split in ("val", "test"):
         out = tmp_path / f"{split}.json"
         res = CliRunner().invoke(app, ["compare", str(run), str(run), "--split", split, "--bootstrap", "100",
-                                       "--out", str(out)])
+                                       "--out", str(out), "--boxes", "--box-bootstrap", "20"])
         assert res.exit_code == 0, res.output
         doc = json.loads(out.read_text())
         (comp,) = doc["comparisons"]
@@ -128,6 +128,9 @@ def test_compare_a_run_with_itself_gives_zero_differences_and_p_one(cv_runs: dic
             assert r["delta_ci95"] in ([0.0, 0.0], [None, None])
         assert comp["delong"]["delta"] == 0.0 and comp["delong"]["p_value"] == 1.0
         assert comp["mcnemar"]["delta"] == 0.0 and comp["mcnemar"]["p_value"] == 1.0
+        assert set(comp["boxes"]) == {"box_ap50", "box_ap50_95", "froc_mean"}
+        for r in comp["boxes"].values():
+            assert r["delta"] in (0.0, None) and r["p_value"] in (1.0, None)
     assert test_access_count(run) == before + 2  # the test comparison read the artifact twice
 
 

@@ -28,6 +28,13 @@ def _p(v: float | None) -> str:
     return "<1e-4" if v < 1e-4 else f"{v:.4f}"
 
 
+def compare_folders_meta(folders: list[Path], split: str) -> dict[str, Any]:
+    """The first folder's predictions meta (which prepared folder it names), without the arrays."""
+    from fxbench.report.leaderboard import read_predictions_meta
+
+    return read_predictions_meta(Path(folders[0]) / "predictions" / f"{split}.npz")
+
+
 def compare_table(result: dict[str, Any]) -> Any:
     """Rich table: one row per comparison and metric, then DeLong and McNemar rows."""
     from rich.table import Table
@@ -50,6 +57,11 @@ def compare_table(result: dict[str, Any]) -> Any:
         table.add_row(comp["b"], "AUC (DeLong)", _f(d["auc_a"]), _f(d["auc_b"]), _f(d["delta"]) + (" *" if d.get("worse") else ""),
                       "-" if None in ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]", _p(d["p_value"]),
                       *([_p(d.get("p_holm"))] if holm else []))
+        for name, r in (comp.get("boxes") or {}).items():
+            ci = r["delta_ci95"]
+            table.add_row(comp["b"], name, _f(r["a"]), _f(r["b"]), _f(r["delta"]) + (" *" if r.get("worse") else ""),
+                          "-" if None in ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]", _p(r["p_value"]),
+                          *([_p(r.get("p_holm"))] if holm else []))
         m = comp["mcnemar"]
         table.add_row(comp["b"], "presence accuracy (McNemar)", _f(m["accuracy_a"]), _f(m["accuracy_b"]),
                       _f(m["delta"]) + (" *" if m.get("worse") else ""),
@@ -65,19 +77,29 @@ def compare(
     split: str = typer.Option("val", "--split", help="val (as saved) or test (sealed test artifacts only; logged as a test access of each)."),
     bootstrap: int = typer.Option(2000, "--bootstrap", min=1, help="Paired bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    boxes: bool = typer.Option(False, "--boxes", help="Also compare box metrics (AP50, AP50:95, FROC) against PREP/boxes.json."),
+    box_bootstrap: int = typer.Option(500, "--box-bootstrap", min=1, help="Paired resamples for the box metrics (pycocotools per resample)."),
     out_path: Path | None = typer.Option(None, "--out", help="Write the comparison as JSON to this file."),
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON on stdout."),
 ) -> None:
     """Paired comparison of saved predictions: B - A with CIs and p-values, DeLong, McNemar, Holm."""
-    from fxbench.errors import UsageError
+    from fxbench.errors import DataError, UsageError
     from fxbench.io import write_json_atomic
     from fxbench.select.compare import compare_inputs
     from fxbench.select.sealed import compare_folders
 
     if len(folders) < 2:
         raise UsageError("compare needs at least two folders", "e.g. fxbench compare runs/a runs/b --split val")
+    gt_boxes = None
+    if boxes:
+        from fxbench.data.boxes import gt_boxes_of
+
+        gt_boxes = gt_boxes_of(compare_folders_meta(folders, split))
+        if gt_boxes is None:
+            raise DataError("--boxes: the prepared folder of the predictions has no boxes.json (or is not here)",
+                            "re-run `fxbench prepare` on it (it writes PREP/boxes.json), or drop --boxes")
     inputs = compare_folders(folders, split, _command())
-    result = compare_inputs(inputs, n_resamples=bootstrap, seed=seed)
+    result = compare_inputs(inputs, n_resamples=bootstrap, seed=seed, gt_boxes=gt_boxes, box_resamples=box_bootstrap)
     if out_path is not None:
         write_json_atomic(out_path, result)
     if json_out:

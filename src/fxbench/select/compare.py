@@ -13,7 +13,7 @@ folder (:func:`fxbench.select.sealed.sealed_test_input`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,12 @@ from fxbench.evaluate import (
     resolve_presence_source,
     with_derived_presence,
 )
+from fxbench.evaluate.bootstrap import percentile_interval, stratified_indices
 from fxbench.evaluate.metrics import PerImageStats, threshold_probs
 from fxbench.evaluate.paired import (
     LOWER_IS_BETTER,
+    PairedDelta,
+    bootstrap_p_value,
     delong_test,
     holm_adjust,
     mcnemar_test,
@@ -54,6 +57,7 @@ class CompareInput:
     pred: Predictions
     decision: dict[str, Any]  # threshold, presence_source (resolved), presence_threshold, min_component
     decision_sha256: str | None = None
+    box_score: str = "max"  # the decision's box score (max or mean probability of a component)
 
     def __post_init__(self) -> None:
         # Derived presence sources (pred_area) exist only at an operating point: add them here.
@@ -94,7 +98,9 @@ def val_input(folder: str | Path) -> CompareInput:
     pred = load_predictions(path)
     for src in (folder / "decision.json", folder / "metrics" / "val.json"):
         if src.is_file():
-            return CompareInput(folder.name, folder, "val", pred, operating_point(dict(read_json(src)), pred))
+            doc = dict(read_json(src))
+            return CompareInput(folder.name, folder, "val", pred, operating_point(doc, pred),
+                                box_score=str(doc.get("box_score") or "max"))
     raise DataError(f"{folder} has neither decision.json nor metrics/val.json",
                     f"run `fxbench eval {folder} --split val` (and `fxbench tune {folder}`)")
 
@@ -115,7 +121,8 @@ def align(ref: CompareInput, other: CompareInput) -> CompareInput:
     if b.image_ids != a.image_ids:
         pos = {i: k for k, i in enumerate(b.image_ids)}
         b = subset(b, np.array([pos[i] for i in a.image_ids]))
-        other = CompareInput(other.name, other.folder, other.split, b, other.decision, other.decision_sha256)
+        other = CompareInput(other.name, other.folder, other.split, b, other.decision, other.decision_sha256,
+                             other.box_score)
     if not np.array_equal(a.labels, b.labels):
         raise DataError(f"{where}: ground-truth labels differ on {int((a.labels != b.labels).sum())} images",
                         "both must come from the same prepared folder")
@@ -147,8 +154,14 @@ def compare_inputs(
     n_resamples: int = 2000,
     seed: int = 0,
     metrics: Sequence[str] = HEADLINE_METRICS,
+    gt_boxes: Mapping[str, Any] | None = None,
+    box_resamples: int = 500,
 ) -> dict[str, Any]:
     """Paired comparison of ``inputs[1:]`` against ``inputs[0]`` (differences B - A).
+
+    With ``gt_boxes`` (image id -> native boxes, ``PREP/boxes.json``) each comparison also has
+    ``boxes``: the box metrics (AP50, AP50:95, mean FROC) of each folder's components at its
+    operating point, paired-bootstrapped the same way over ``box_resamples`` resamples.
 
     Returns a JSON-ready dict: split, n, num_positive, reference, runs (operating point and
     point estimates of each), comparisons (one per B: ``metrics`` {name: a, b, delta,
@@ -179,6 +192,9 @@ def compare_inputs(
             "delong": delong_test(ref.presence_scores(), b.presence_scores(), labels).to_dict(),
             "mcnemar": mcnemar_test(ref.presence_decisions(), b.presence_decisions(), labels).to_dict(),
         })
+    if gt_boxes is not None:
+        for comp, b in zip(comparisons, others, strict=True):
+            comp["boxes"] = _box_deltas(ref, b, gt_boxes, box_resamples, seed)
     _add_holm(comparisons, metrics)
     return _clean({
         "split": ref.split,
@@ -218,7 +234,35 @@ def _add_holm(comparisons: list[dict[str, Any]], metrics: Sequence[str]) -> None
     def metric_row(name: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
         return lambda c: c["metrics"].get(name)
 
+    def box_row(name: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+        return lambda c: (c.get("boxes") or {}).get(name)
+
     for m in metrics:
         family(metric_row(m), m in LOWER_IS_BETTER)
+    for m in ("box_ap50", "box_ap50_95", "froc_mean"):
+        family(box_row(m), False)
     family(lambda c: c["delong"], False)
     family(lambda c: c["mcnemar"], False)
+
+
+def _box_deltas(ref: CompareInput, other: CompareInput, gt_boxes: Mapping[str, Any], n_resamples: int,
+                seed: int) -> dict[str, dict[str, Any]]:
+    """Paired bootstrap of B - A for the headline box metrics (the same resample for both)."""
+    from fxbench.evaluate.boxes import (
+        BOX_HEADLINE,
+        box_bootstrap_rows,
+        box_point_estimates,
+        prediction_box_matches,
+    )
+
+    ma = prediction_box_matches(ref.pred, ref.decision, gt_boxes, ref.box_score)
+    mb = prediction_box_matches(other.pred, other.decision, gt_boxes, other.box_score)
+    idx = stratified_indices(ref.pred.labels, n_resamples, seed)
+    ra, rb = box_bootstrap_rows(ma, idx), box_bootstrap_rows(mb, idx)
+    pa, pb = box_point_estimates(ma), box_point_estimates(mb)
+    out = {}
+    for name in BOX_HEADLINE:
+        d = rb[name] - ra[name]
+        out[name] = PairedDelta(a=pa[name], b=pb[name], delta=pb[name] - pa[name], delta_ci95=percentile_interval(d),
+                                p_value=bootstrap_p_value(d), n_resamples=int(np.isfinite(d).sum())).to_dict()
+    return out

@@ -84,7 +84,7 @@ def sealed_test_input(folder: str | Path, command: str | Sequence[str], kind: st
         kw.update(decision_path=folder / DECISION_FILE, checkpoint=pred.meta.get("checkpoint"),
                   checkpoint_sha256=pred.meta.get("checkpoint_sha256"))
     score_under_seal(folder, pred, **kw)
-    return _input(folder, pred, captured["decision"], recorded)
+    return _input(folder, pred, captured["decision"], recorded, str(metrics.get("box_score") or "max"))
 
 
 def _load_sealed(folder: Path) -> tuple[Predictions, dict[str, Any], dict[str, Any]]:
@@ -99,12 +99,14 @@ def _load_sealed(folder: Path) -> tuple[Predictions, dict[str, Any], dict[str, A
     return pred, metrics, operating_point(metrics, pred)
 
 
-def _input(folder: Path, pred: Predictions, decision: Decision, recorded: dict[str, Any]) -> CompareInput:
+def _input(folder: Path, pred: Predictions, decision: Decision, recorded: dict[str, Any],
+           box_score: str = "max") -> CompareInput:
     point = operating_point(decision.to_dict(), pred)
     if point != recorded:
         raise ProtocolError(f"{folder}: its decision no longer matches the operating point its test metrics were "
                             f"scored at ({point} vs {recorded})", _fix(folder))
-    return CompareInput(folder.name, folder, "test", pred, point, decision.sha256())
+    return CompareInput(folder.name, folder, "test", pred, point, decision.sha256(),
+                        str(decision.to_dict().get("box_score") or box_score))
 
 
 def fold_input(folder: str | Path) -> CompareInput:
