@@ -272,7 +272,8 @@ def prepare(
     console.print(_summary_table(result.report))
     if result.report.get("skipped_images"):
         console.print(f"[yellow]{len(result.report['skipped_images'])} image(s) skipped; see skipped_images in {out / 'prepare_report.json'}[/]")
-    console.print(f"next: {_train_hint(out, result.report, tuple(cache_size or ()), resize.value)}", markup=False)
+    console.print(f"next: {_train_hint(out, result.report, tuple(cache_size or ()), resize.value if resize else 'letterbox')}",
+                  markup=False)
 
 
 # --------------------------------------------------------------------------------------
