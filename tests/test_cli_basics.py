@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from fxbench import __version__
-from fxbench.cli import misc_cmds
+from fxbench import doctor as doctor_mod
+from fxbench import runs as runs_mod
 from fxbench.cli.app import app, main
 from fxbench.cli.config_cmd import complete_set_key
-from fxbench.cli.misc_cmds import Check, complete_run_dir, headline_metrics
+from fxbench.doctor import Check
+from fxbench.runs import complete_run_dir, headline_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted([*REPO.glob("examples/*.yaml"), *REPO.glob("examples/*.yml")])
@@ -269,7 +271,7 @@ def test_doctor_on_cpu(runner: CliRunner) -> None:
 
 
 def test_doctor_fails_with_advice(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(misc_cmds, "_package_checks",
+    monkeypatch.setattr(doctor_mod, "_package_checks",
                         lambda: [Check("timm", "fail", "not installed", "pip install timm")])
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 1
@@ -278,7 +280,7 @@ def test_doctor_fails_with_advice(runner: CliRunner, monkeypatch: pytest.MonkeyP
 
 
 def test_doctor_numerics_failure_is_caught() -> None:
-    check = misc_cmds._numerics_check("meta")  # computes nothing real: .cpu() cannot copy
+    check = doctor_mod._numerics_check("meta")  # computes nothing real: .cpu() cannot copy
     assert check.status == "fail" and check.name == "numerics meta"
 
 
@@ -296,8 +298,8 @@ def test_doctor_cuda_branch_with_a_fake_gpu(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (7, 5))  # pre-Ampere: no native bf16
     monkeypatch.setattr(torch.version, "hip", None)
-    monkeypatch.setattr(misc_cmds, "_numerics_check", lambda d: Check(f"numerics {d}", "ok", "fine"))
-    checks = {c.name: c for c in misc_cmds._torch_checks()}
+    monkeypatch.setattr(doctor_mod, "_numerics_check", lambda d: Check(f"numerics {d}", "ok", "fine"))
+    checks = {c.name: c for c in doctor_mod._torch_checks()}
     assert checks["GPU cuda:0"].value == "Fake GPU, 80.0 GiB (70.0 GiB free), compute 7.5"
     assert checks["cuDNN"].value == "91000"
     assert (checks["bf16 cuda:0"].status, checks["bf16 cuda:0"].value) == ("info", "not native on compute 7.5")
@@ -345,7 +347,7 @@ def runs_root(tmp_path: Path) -> Path:
         "roc_auc_presence": 0.9, "roc_auc_presence_ci95": [0.85, 0.94], "iou_pos": 0.3,
         "subgroups": {"hand": {"dice_pos": 0.1}},
     }))
-    (a / "metrics" / "test.json").write_text(json.dumps({"overall": {"dice_pos": {"value": 0.39, "ci": [0.3, 0.45]}}}))
+    (a / "metrics" / "test.json").write_text(json.dumps({"split": "test", "dice_pos": 0.39, "dice_pos_ci95": [0.3, 0.45]}))
     (a / "decision.json").write_text(json.dumps({"threshold": 0.35, "tta": "hv", "source": "tune", "val_predictions_sha256": "ab" * 32}))
     (a / "test_access.log").write_text('{"when": 1}\n{"when": 2}\n')
     (a / "checkpoints").mkdir()
@@ -427,13 +429,32 @@ def test_complete_run_dir(monkeypatch: pytest.MonkeyPatch, runs_root: Path) -> N
     assert complete_run_dir("zzz") == []
 
 
-def test_headline_metrics_shapes() -> None:
-    body = {"dice_pos": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}, "ci": {"iou_pos": [0.2, 0.3]}, "iou_pos": 0.25,
-            "roc_auc_presence": float("nan")}
+def test_headline_metrics_read_what_evaluate_writes() -> None:
+    body = {"dice_pos": 0.5, "dice_pos_ci95": [0.4, 0.6], "iou_pos": 0.25, "roc_auc_presence": float("nan"),
+            "roc_auc_presence_ci95": [0.1, 0.2], "lesion_recall": {"value": 0.7}}
     found = headline_metrics(body)
-    assert found["dice_pos"] == {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
-    assert found["iou_pos"] == {"value": 0.25, "ci_low": 0.2, "ci_high": 0.3}
-    assert "roc_auc_presence" not in found  # NaN: nothing to show
+    assert found == {"dice_pos": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6},
+                     "iou_pos": {"value": 0.25, "ci_low": None, "ci_high": None}}
+    # NaN has nothing to show; a shape fxbench never writes ({"value": ...}) is not guessed at.
+
+
+def test_headline_metrics_of_a_real_metrics_file(tmp_path: Path) -> None:
+    from fxbench.artifacts.predictions import Predictions
+    from fxbench.evaluate import evaluate_predictions
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((12, 16, 16), np.uint8)
+    masks[:6, 4:9, 4:9] = 1
+    probs = np.clip(masks * 0.7 + rng.random(masks.shape) * 0.4, 0, 1)
+    pred = Predictions(image_ids=[f"i{k}" for k in range(12)], probs=probs, masks=masks,
+                       boxes=np.tile([0, 0, 16, 16], (12, 1)), native_hw=np.full((12, 2), 16),
+                       labels=masks.reshape(12, -1).max(1), presence={"max": probs.reshape(12, -1).max(1)},
+                       meta={"split": "val"})
+    body = evaluate_predictions(pred, {"threshold": 0.5, "presence_source": "max", "presence_threshold": 0.5},
+                                bootstrap=50)
+    found = headline_metrics(json.loads(json.dumps(body)))
+    assert found["dice_pos"]["value"] == pytest.approx(body["dice_pos"])
+    assert [found["dice_pos"]["ci_low"], found["dice_pos"]["ci_high"]] == pytest.approx(body["dice_pos_ci95"])
 
 
 # ====================================================================== models
@@ -461,20 +482,19 @@ def test_default_model_is_in_the_real_registry() -> None:
     assert ModelConfig().name in list_models()
 
 
-def test_lock_on_another_host_is_not_judged(tmp_path: Path) -> None:
+def test_running_status_follows_the_lock_holder(tmp_path: Path) -> None:
     run = _make_run(tmp_path / "r", status="running")
-    (run / ".lock").write_text(f"{_dead_pid()}@some-other-node")
-    assert misc_cmds.summarize_run(run).status == "running"  # cannot check a remote pid
-    (run / ".lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
-    assert misc_cmds.summarize_run(run).status == "interrupted"
+    assert runs_mod.summarize_run(run).status == "running"  # no lock (yet): trust run.json
+    (run / ".lock").write_text(str(_dead_pid()))
+    assert runs_mod.summarize_run(run).status == "interrupted"
     (run / ".lock").write_text(str(os.getpid()))
-    assert misc_cmds.summarize_run(run).status == "running"  # holder alive
+    assert runs_mod.summarize_run(run).status == "running"  # holder alive
 
 
 def test_doctor_flags_an_unwritable_data_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FXBENCH_HOME", str(tmp_path / "a" / "b"))
-    monkeypatch.setattr(misc_cmds.os, "access", lambda path, mode: False)
-    home = {c.name: c for c in misc_cmds._disk_checks()}["data home"]
+    monkeypatch.setattr(doctor_mod.os, "access", lambda path, mode: False)
+    home = {c.name: c for c in doctor_mod._disk_checks()}["data home"]
     assert home.status == "fail"
     assert home.value == f"{tmp_path / 'a' / 'b'} ($FXBENCH_HOME, not created yet)"
     assert home.advice == f"{tmp_path} is not writable: set FXBENCH_HOME to a writable folder"

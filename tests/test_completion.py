@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fxbench.cli.app import app
-from fxbench.cli.misc_cmds import complete_run_dir, complete_run_path
+from fxbench.runs import complete_run_dir, complete_run_path
 
 
 def _run(folder: Path) -> Path:

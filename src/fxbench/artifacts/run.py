@@ -50,6 +50,15 @@ def lock_holder(run_dir: Path) -> int | None:
     return pid if pid and pid != os.getpid() and _pid_alive(pid) else None
 
 
+def lock_is_stale(run_dir: Path) -> bool:
+    """True when ``RUN/.lock`` names a pid that is no live process (its writer was killed)."""
+    lock = Path(run_dir) / LOCK_NAME
+    if not lock.exists():
+        return False
+    pid = _lock_pid(lock)
+    return bool(pid) and not _pid_alive(pid)
+
+
 def _locked_error(run_dir: Path, pid: int) -> RunLockedError:
     return RunLockedError(
         f"{run_dir} is in use by process {pid}",

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from fxbench.cli.common import console, handle_errors, out
-from fxbench.cli.misc_cmds import complete_run_path
+from fxbench.runs import complete_run_path
 
 
 def _command() -> str:

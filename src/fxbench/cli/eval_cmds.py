@@ -10,7 +10,7 @@ import typer
 
 from fxbench.cli.common import console, handle_errors, out
 from fxbench.cli.config_cmd import complete_split
-from fxbench.cli.misc_cmds import complete_run_path
+from fxbench.runs import complete_run_path
 
 
 def metrics_table(metrics: dict[str, Any], title: str):

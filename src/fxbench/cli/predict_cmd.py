@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from fxbench.cli.common import console, handle_errors
-from fxbench.cli.misc_cmds import complete_run_path
+from fxbench.runs import complete_run_path
 
 
 @handle_errors

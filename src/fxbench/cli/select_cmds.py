@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from fxbench.cli.common import console, handle_errors, out
-from fxbench.cli.misc_cmds import complete_run_path
+from fxbench.runs import complete_run_path
 
 _TUNE_METRICS = "dice_pos, iou_pos, dice, iou or auc_plus_dice_pos"
 
