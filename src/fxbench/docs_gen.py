@@ -3,7 +3,8 @@
 The schema is the single source of truth; this page is derived from it so it cannot drift:
 ``scripts/gen_config_docs.py`` writes it and ``tests/test_config_docs.py`` fails when the file
 differs from :func:`render_config_reference`. Output is deterministic (no dates, no
-environment): it depends only on the schema.
+environment): it depends only on the schema. `fxbench config keys` and the ``--set``
+completion read the same tables (:func:`key_table`), so the CLI and the page agree.
 """
 
 from __future__ import annotations

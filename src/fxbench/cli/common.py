@@ -86,8 +86,3 @@ def handle_errors(fn):
 
     return wrapper
 
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.")
-SetOpt = typer.Option(
-    None, "--set", "-s", help="Override a config key: section.key=value (repeatable).",
-)

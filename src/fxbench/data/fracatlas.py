@@ -105,10 +105,6 @@ class DatasetSource:
             self.prefix = root.relative_to(self.path).as_posix() + "/" if root != self.path else ""
             self._files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
-    @property
-    def root_dir(self) -> Path:
-        return self.path / self.prefix if not self.is_zip else self.path
-
     def _open(self) -> zipfile.ZipFile:
         if self._zip is None:
             from fxbench.data.archive import open_zip
