@@ -37,5 +37,16 @@ def test_hand_written_notes_point_at_real_keys() -> None:
     assert set(SECTION_RULES) | set(SECTION_INTROS) <= sections
 
 
-def test_rendering_is_deterministic() -> None:
-    assert render_config_reference() == render_config_reference()
+def test_rendering_depends_only_on_the_schema(tmp_path: Path) -> None:
+    """Another process, another hash seed, cwd, home and data folder: the same page."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "HOME": str(tmp_path), "FXBENCH_HOME": str(tmp_path / "fx"),
+           "FXBENCH_RUNS": str(tmp_path / "runs"), "TZ": "Pacific/Kiritimati", "COLUMNS": "40"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from fxbench.docs_gen import render_config_reference as r; sys.stdout.write(r())"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True, encoding="utf-8",
+    )
+    assert proc.stdout == render_config_reference()

@@ -50,8 +50,21 @@ def test_amp_paths_train_and_learn(easy: Path, tmp_path: Path, amp: str, channel
 
 
 def test_compile_path(easy: Path, tmp_path: Path) -> None:
-    summary = Trainer(_cfg(easy, "runtime.compile=true", "train.epochs=1"), tmp_path / "compiled").run()
+    """A compiled model learns like the eager one, and its checkpoint is an eager state dict
+    (no ``_orig_mod.`` prefix) that loads strictly into a fresh network."""
+    from fxbench.artifacts.checkpoint import load_checkpoint
+    from fxbench.predict.infer import load_run_model
+
+    run = tmp_path / "compiled"
+    summary = Trainer(_cfg(easy, "runtime.compile=true"), run).run()
     assert summary["status"] == "finished"
+    with open(run / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert max(float(r["val_dice_pos"]) for r in rows) > 0.3
+    keys = list(load_checkpoint(run / "checkpoints" / "best.pt")["model"])
+    assert keys and not any("_orig_mod." in k for k in keys), keys[:3]
+    load_run_model(run, "best", "cpu")  # strict load: raises on a missing or unexpected key
 
 
 def test_cuda_and_cpu_predictions_agree(easy: Path, tmp_path: Path) -> None:

@@ -349,12 +349,32 @@ def test_images_decode_like_prepare(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- geometry
 
 
-def test_predict_uses_prepares_letterbox_and_evals_inverse() -> None:
-    from fxbench.data import cache
-    from fxbench.evaluate import native
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
+def test_predict_input_is_the_cache_prepare_wrote(tmp_path: Path, resize: str) -> None:
+    """A file of the archive through predict's decoder and geometry (read_grey, network_input)
+    gives exactly the pixels and box that prepare cached for it, in either resize mode."""
+    import csv
 
-    assert pimages.letterbox is cache.letterbox
-    assert pimages.to_native is native.to_native
+    from fxbench.data.cache import load_cache
+    from fxbench.data.fracatlas import DatasetSource
+    from fxbench.data.prepare import prepare
+    from fxbench.data.synthetic import make_synthetic_archive
+
+    archive = make_synthetic_archive(tmp_path / "archive", n_images=10, seed=3, scale=0.1, positive_fraction=0.4)
+    prep = tmp_path / "prep"
+    prepare(archive, prep, cache_sizes=(64,), resize=resize)
+    cached = load_cache(next((prep / "cache").glob("64*.npz")))
+    with open(prep / "manifest.csv", newline="", encoding="utf-8") as fh:
+        rel_of = {row["image_id"]: row["image_path"] for row in csv.DictReader(fh)}
+    source = DatasetSource(archive)
+    assert len(cached.image_ids) == 10
+    for i, image_id in enumerate(cached.image_ids):
+        path = tmp_path / "inputs" / Path(rel_of[image_id]).name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(source.read_bytes(rel_of[image_id]))
+        square, box = pimages.network_input(pimages.read_grey(path), 64, resize=resize)
+        np.testing.assert_array_equal(square, cached.images[i], err_msg=image_id)
+        assert np.asarray(box).reshape(-1).tolist() == cached.boxes[i].tolist(), image_id
 
 
 @pytest.mark.parametrize("hw", [(90, 130), (150, 200), (40, 30), (64, 64), (1, 77)])

@@ -332,7 +332,8 @@ def _signal_at_first_checkpoint(targets: list[tuple[subprocess.Popen[str], Path,
     pending = list(targets)
     end = time.monotonic() + TIMEOUT
     while pending:
-        assert time.monotonic() < end, "timed out waiting for the first checkpoints"
+        if time.monotonic() > end:  # a hang guard, not a speed check
+            pytest.fail("timed out waiting for the first checkpoints")
         for item in list(pending):
             proc, run, sig = item
             assert proc.poll() is None, f"{run.name} ended before its signal: {proc.communicate()[1][-2000:]}"
@@ -455,7 +456,8 @@ def test_kill9_at_random_moments_never_corrupts(easy: Path, tmp_path: Path, proc
     killed = [False] * len(plans)
     end = time.monotonic() + TIMEOUT
     while not all(killed):
-        assert time.monotonic() < end, "timed out before the kills"
+        if time.monotonic() > end:  # a hang guard, not a speed check
+            pytest.fail("timed out before the kills")
         for i, ((armed, lo, hi), run, proc) in enumerate(zip(plans, runs, procs, strict=True)):
             if killed[i]:
                 continue
