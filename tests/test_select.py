@@ -159,6 +159,31 @@ def test_tune_cli_writes_decision(tmp_path: Path) -> None:
     assert res.exit_code == 2
 
 
+def _grid_thresholds(run: Path) -> list[float]:
+    import csv
+
+    with open(run / "tune" / "grid.csv", newline="", encoding="utf-8") as fh:
+        return sorted({round(float(r["threshold"]), 4) for r in csv.DictReader(fh)})
+
+
+def test_tune_grid_comes_from_the_select_section(tmp_path: Path) -> None:
+    """The grid is schema knobs: select.* via --config or --set, the flags as shortcuts."""
+    run = make_run(tmp_path, "r1", 7)
+    assert runner.invoke(app, ["tune", str(run)]).exit_code == 0
+    assert _grid_thresholds(run) == [round(0.05 * k, 4) for k in range(1, 20)]  # schema default 0.05..0.95
+    res = runner.invoke(app, ["tune", str(run), "--set", "select.threshold_step=0.2", "--set", "select.threshold_start=0.1"])
+    assert res.exit_code == 0, res.output
+    assert _grid_thresholds(run) == [0.1, 0.3, 0.5, 0.7, 0.9]
+    cfg = tmp_path / "select.yaml"
+    cfg.write_text("select:\n  threshold_start: 0.2\n  threshold_stop: 0.6\n  threshold_step: 0.2\n  min_components: [0, 4]\n")
+    assert runner.invoke(app, ["tune", str(run), "--config", str(cfg), "--stop", "0.4"]).exit_code == 0
+    assert _grid_thresholds(run) == [0.2, 0.4]  # the flag overrides the file
+    d = json.loads((run / "decision.json").read_text())
+    assert d["min_component"] in (0, 4)
+    res = runner.invoke(app, ["tune", str(run), "--set", "select.threshold_stepp=0.1"])
+    assert res.exit_code == 2 and "select.threshold_step" in res.output  # did-you-mean
+
+
 # --------------------------------------------------------------------------------------
 # seal
 

@@ -1,7 +1,7 @@
 """The configuration schema: the single source of truth for every knob.
 
-A config is YAML with eleven sections (data, model, loss, sampler, augment, optim, schedule,
-train, eval, runtime, launcher). Every model forbids unknown keys; a typo gets a did-you-mean.
+A config is YAML with twelve sections (data, model, loss, sampler, augment, optim, schedule,
+train, eval, select, runtime, launcher). Every model forbids unknown keys; a typo gets a did-you-mean.
 
 Precedence, highest first:  ``--set section.key=value``  >  environment
 ``FXBENCH_SECTION__KEY=value``  >  the ``--config`` file  >  the defaults below.
@@ -275,6 +275,30 @@ class RuntimeConfig(_Section):
     num_threads: int | None = Field(None, ge=1)
 
 
+class SelectConfig(_Section):
+    """The val-side searches of ``tune``, ``ensemble`` and ``blend`` (their grids and rules).
+    Not part of the config hash: they choose from saved predictions after training. Bootstrap
+    settings for the metrics they report are ``eval.bootstrap`` and ``eval.bootstrap_seed``."""
+
+    metric: str = Field(
+        "dice_pos", description="Selection metric for the pixel threshold (tune, ensemble): dice_pos, iou_pos, dice, iou or auc_plus_dice_pos."
+    )
+    presence_rule: Literal["f1", "youden"] = Field("f1", description="Presence threshold rule on val.")
+    threshold_start: float = Field(0.05, ge=0.0, le=1.0, description="Pixel threshold grid start.")
+    threshold_stop: float = Field(0.95, ge=0.0, le=1.0, description="Pixel threshold grid stop (inclusive).")
+    threshold_step: float = Field(0.05, gt=0.0, description="Pixel threshold grid step.")
+    min_components: list[int] = Field(default_factory=lambda: [0], description="Min component sizes (pixels) to try.")
+    blend_rule: Literal["best_auc", "best_dice_pos", "best_joint"] = Field(
+        "best_joint", description="blend: what the (alpha, beta, gamma) search maximises (best_joint = AUC + dice_pos)."
+    )
+    alpha_step: float = Field(0.1, gt=0.0, description="blend: mask weight grid step over [0, 1].")
+    beta_step: float = Field(0.1, gt=0.0, description="blend: presence weight grid step over [0, 1].")
+    gamma_step: float = Field(0.05, gt=0.0, description="blend: classifier fusion grid step over [0, 1].")
+    presence_a: str = Field("auto", description="blend: run A's presence source (auto = head, else max).")
+    presence_b: str = Field("max", description="blend: run B's presence source (the seed: max).")
+    presence_classifier: str = Field("auto", description="blend: the classifier's presence source.")
+
+
 class LauncherConfig(_Section):
     """Where a sweep's jobs run (``fxbench train --seeds``). Not part of the config hash: where a
     job runs does not change what it computes, so a requeued or relaunched run still resumes."""
@@ -307,6 +331,7 @@ class Config(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
 
@@ -323,8 +348,9 @@ class Config(_Section):
 
     def sha256(self) -> str:
         """Hash of the resolved config (key order independent), without the ``launcher``
-        section: it says where jobs run, not what they compute."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"launcher"}), sort_keys=True).encode()
+        section (it says where jobs run, not what they compute) and the ``select`` section
+        (searches over saved predictions, after training)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"launcher", "select"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

@@ -44,10 +44,28 @@ def _ensure_predictions(run: Path, split: str, tta: str | None) -> None:
     predict_split(run, split, tta)
 
 
-def _grid(start: float, stop: float, step: float) -> Any:
+def _grid(sel: Any) -> Any:
     from fxbench.select.tune import threshold_grid
 
-    return threshold_grid(start, stop, step)
+    return threshold_grid(sel.threshold_start, sel.threshold_stop, sel.threshold_step)
+
+
+_CONFIG_HELP = "YAML config whose select/eval sections set the search (default: the schema's)."
+_SET_HELP = "Override: select.key=value or eval.bootstrap=N (repeatable); the flags below are shortcuts."
+
+
+def _settings(config: Path | None, set_: list[str] | None, **flags: Any) -> Any:
+    """The resolved config for a select verb: ``--config``, then ``--set``, then the shortcut
+    flags (``select.threshold_step=...`` for ``--step``...); unset flags leave the schema's value."""
+    from fxbench.config import load_config
+
+    overrides = list(set_ or [])
+    for key, value in flags.items():
+        if value is None or value == []:
+            continue
+        text = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
+        overrides.append(f"{key}={text}")
+    return load_config(config, overrides)
 
 
 def _fmt(v: Any, nd: int = 4) -> str:
@@ -90,18 +108,20 @@ def tune(
         ..., help="Run folder (with predictions/val.npz, or a checkpoint to make it).", autocompletion=complete_run_path
     ),
     split: str = typer.Option("val", "--split", help="Always val: tuning on test is refused (exit 4)."),
-    metric: str = typer.Option("dice_pos", "--metric", help=f"Selection metric: {_TUNE_METRICS}."),
+    metric: str | None = typer.Option(None, "--metric", help=f"Selection metric: {_TUNE_METRICS} (= select.metric)."),
     min_component: list[int] | None = typer.Option(
         None, "--min-component", help="Minimum predicted component sizes to try (repeatable; 0 = off)."
     ),
-    presence_rule: str = typer.Option("f1", "--presence-rule", help="Presence threshold rule on val: f1 or youden."),
+    presence_rule: str | None = typer.Option(None, "--presence-rule", help="Presence threshold rule on val: f1 or youden (= select.presence_rule)."),
     presence_source: list[str] | None = typer.Option(
         None, "--presence-source", help="Restrict presence sources (repeatable; default: all in the artifact)."
     ),
-    start: float = typer.Option(0.05, "--start", help="Pixel threshold grid start."),
-    stop: float = typer.Option(0.95, "--stop", help="Pixel threshold grid stop (inclusive)."),
-    step: float = typer.Option(0.05, "--step", help="Pixel threshold grid step."),
+    start: float | None = typer.Option(None, "--start", help="Pixel threshold grid start (= select.threshold_start)."),
+    stop: float | None = typer.Option(None, "--stop", help="Pixel threshold grid stop, inclusive (= select.threshold_stop)."),
+    step: float | None = typer.Option(None, "--step", help="Pixel threshold grid step (= select.threshold_step)."),
     tta: str | None = typer.Option(None, "--tta", help="TTA if val must be predicted first (default: the run's)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=_SET_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the decision JSON on stdout."),
 ) -> None:
     """Choose threshold, presence source and presence threshold on val; write RUN/decision.json."""
@@ -115,24 +135,28 @@ def tune(
             f"tune chooses on val only, not '{split}': the test split is sealed",
             f"run `fxbench tune {run}`, then `fxbench eval {run} --split test --decision {run / 'decision.json'}`",
         )
+    sel = _settings(config, set_, **{
+        "select.metric": metric, "select.presence_rule": presence_rule, "select.threshold_start": start,
+        "select.threshold_stop": stop, "select.threshold_step": step, "select.min_components": min_component,
+    }).select
     _ensure_predictions(run, "val", tta)
     result = tune_run(
-        run, "val", metric=metric, thresholds=_grid(start, stop, step),
-        min_components=min_component or [0], presence_sources=presence_source or None, presence_rule=presence_rule,
+        run, "val", metric=sel.metric, thresholds=_grid(sel),
+        min_components=sel.min_components, presence_sources=presence_source or None, presence_rule=sel.presence_rule,
     )
     d = result.decision
     if json_out:
         out.print(json.dumps(d.to_dict()), markup=False)
-    grid = Table(title=f"{run.name}: val {metric} by pixel threshold (top 5)")
+    grid = Table(title=f"{run.name}: val {sel.metric} by pixel threshold (top 5)")
     for col in ("threshold", "min_component", "dice_pos", "iou_pos", "dice", "recall_pos"):
         grid.add_column(col, justify="right")
-    key = "dice_pos" if metric == "auc_plus_dice_pos" else metric
+    key = "dice_pos" if sel.metric == "auc_plus_dice_pos" else sel.metric
     top = sorted(result.grid, key=lambda r: -(r[key] if r[key] == r[key] else -1.0))[:5]
     for r in top:
         grid.add_row(_fmt(r["threshold"], 2), str(r["min_component"]), *(_fmt(r[k]) for k in ("dice_pos", "iou_pos", "dice", "recall_pos")))
     console.print(grid)
     pres = Table(title="presence sources on val")
-    for col in ("source", "AUC", "AP", f"threshold ({presence_rule})"):
+    for col in ("source", "AUC", "AP", f"threshold ({sel.presence_rule})"):
         pres.add_column(col, justify="right")
     for r in result.presence:
         mark = " *" if r["presence_source"] == d.presence_source else ""
@@ -174,14 +198,16 @@ def ensemble(
         ..., help="Two or more run folders predicting the same split.", autocompletion=complete_run_path
     ),
     out_dir: Path = typer.Option(..., "--out", help="New folder for the ensemble (run layout)."),
-    metric: str = typer.Option("dice_pos", "--metric", help=f"Selection metric on val: {_TUNE_METRICS}."),
-    min_component: list[int] | None = typer.Option(None, "--min-component", help="Min component sizes to try."),
-    presence_rule: str = typer.Option("f1", "--presence-rule", help="Presence threshold rule on val: f1 or youden."),
-    start: float = typer.Option(0.05, "--start", help="Pixel threshold grid start."),
-    stop: float = typer.Option(0.95, "--stop", help="Pixel threshold grid stop."),
-    step: float = typer.Option(0.05, "--step", help="Pixel threshold grid step."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for CIs (0 = off)."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    metric: str | None = typer.Option(None, "--metric", help=f"Selection metric on val: {_TUNE_METRICS} (= select.metric)."),
+    min_component: list[int] | None = typer.Option(None, "--min-component", help="Min component sizes to try (= select.min_components)."),
+    presence_rule: str | None = typer.Option(None, "--presence-rule", help="Presence threshold rule on val: f1 or youden (= select.presence_rule)."),
+    start: float | None = typer.Option(None, "--start", help="Pixel threshold grid start (= select.threshold_start)."),
+    stop: float | None = typer.Option(None, "--stop", help="Pixel threshold grid stop (= select.threshold_stop)."),
+    step: float | None = typer.Option(None, "--step", help="Pixel threshold grid step (= select.threshold_step)."),
+    bootstrap: int | None = typer.Option(None, "--bootstrap", help="Bootstrap resamples for CIs, 0 = off (= eval.bootstrap)."),
+    seed: int | None = typer.Option(None, "--seed", help="Bootstrap seed (= eval.bootstrap_seed)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=_SET_HELP),
     tta: str | None = typer.Option(None, "--tta", help="TTA for members that must be predicted (default: each run's)."),
     test: bool = typer.Option(True, "--test/--no-test", help="Evaluate test once with the frozen decision."),
     weights: str | None = typer.Option(
@@ -204,13 +230,20 @@ def ensemble(
             fixed = [float(v) for v in weights.split(",") if v.strip()]
         except ValueError as err:
             raise UsageError(f"--weights {weights!r} is not a comma-separated list of numbers", "e.g. --weights 0.5,0.5") from err
+    cfg = _settings(config, set_, **{
+        "select.metric": metric, "select.presence_rule": presence_rule, "select.threshold_start": start,
+        "select.threshold_stop": stop, "select.threshold_step": step, "select.min_components": min_component,
+        "eval.bootstrap": bootstrap, "eval.bootstrap_seed": seed,
+    })
+    sel = cfg.select
     for run in runs:
         _ensure_predictions(run, "val", tta)
         if test:
             _ensure_predictions(run, "test", tta)
     summary = run_ensemble(
-        runs, out_dir, metric=metric, thresholds=_grid(start, stop, step), min_components=min_component or [0],
-        presence_rule=presence_rule, bootstrap=bootstrap, seed=seed, test=test, command=_command_line(),
+        runs, out_dir, metric=sel.metric, thresholds=_grid(sel), min_components=sel.min_components,
+        presence_rule=sel.presence_rule, bootstrap=cfg.eval.bootstrap, seed=cfg.eval.bootstrap_seed, test=test,
+        command=_command_line(),
         weights=fixed, weight_step=weight_step,
     )
     _finish(summary, out_dir, runs, json_out, f"ensemble of {len(runs)} runs -> {out_dir}")
@@ -254,19 +287,21 @@ def blend(
     run_b: Path = typer.Argument(..., help="Run B.", autocompletion=complete_run_path),
     out_dir: Path = typer.Option(..., "--out", help="New folder for the blend (run layout)."),
     classifier: Path | None = typer.Option(None, "--classifier", help="A presence classifier run for three-way fusion (gamma)."),
-    rule: str = typer.Option("best_joint", "--rule", help="best_auc, best_dice_pos or best_joint (AUC + dice_pos)."),
-    alpha_step: float = typer.Option(0.1, "--alpha-step", help="Mask weight grid step over [0, 1]."),
-    beta_step: float = typer.Option(0.1, "--beta-step", help="Presence weight grid step over [0, 1]."),
-    gamma_step: float = typer.Option(0.05, "--gamma-step", help="Classifier fusion grid step over [0, 1]."),
-    start: float = typer.Option(0.05, "--start", help="Pixel threshold grid start."),
-    stop: float = typer.Option(0.95, "--stop", help="Pixel threshold grid stop."),
-    step: float = typer.Option(0.05, "--step", help="Pixel threshold grid step."),
-    presence_a: str = typer.Option("auto", "--presence-a", help="A's presence source (auto = head, else max)."),
-    presence_b: str = typer.Option("max", "--presence-b", help="B's presence source (the seed: max)."),
-    presence_classifier: str = typer.Option("auto", "--presence-classifier", help="Classifier's presence source."),
-    presence_rule: str = typer.Option("f1", "--presence-rule", help="Presence threshold rule on val: f1 or youden."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for CIs (0 = off)."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    rule: str | None = typer.Option(None, "--rule", help="best_auc, best_dice_pos or best_joint, AUC + dice_pos (= select.blend_rule)."),
+    alpha_step: float | None = typer.Option(None, "--alpha-step", help="Mask weight grid step over [0, 1] (= select.alpha_step)."),
+    beta_step: float | None = typer.Option(None, "--beta-step", help="Presence weight grid step over [0, 1] (= select.beta_step)."),
+    gamma_step: float | None = typer.Option(None, "--gamma-step", help="Classifier fusion grid step over [0, 1] (= select.gamma_step)."),
+    start: float | None = typer.Option(None, "--start", help="Pixel threshold grid start (= select.threshold_start)."),
+    stop: float | None = typer.Option(None, "--stop", help="Pixel threshold grid stop (= select.threshold_stop)."),
+    step: float | None = typer.Option(None, "--step", help="Pixel threshold grid step (= select.threshold_step)."),
+    presence_a: str | None = typer.Option(None, "--presence-a", help="A's presence source, auto = head else max (= select.presence_a)."),
+    presence_b: str | None = typer.Option(None, "--presence-b", help="B's presence source, the seed: max (= select.presence_b)."),
+    presence_classifier: str | None = typer.Option(None, "--presence-classifier", help="Classifier's presence source (= select.presence_classifier)."),
+    presence_rule: str | None = typer.Option(None, "--presence-rule", help="Presence threshold rule on val: f1 or youden (= select.presence_rule)."),
+    bootstrap: int | None = typer.Option(None, "--bootstrap", help="Bootstrap resamples for CIs, 0 = off (= eval.bootstrap)."),
+    seed: int | None = typer.Option(None, "--seed", help="Bootstrap seed (= eval.bootstrap_seed)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=_SET_HELP),
     tta: str | None = typer.Option(None, "--tta", help="TTA for members that must be predicted."),
     test: bool = typer.Option(True, "--test/--no-test", help="Evaluate test once with the frozen decision."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary JSON on stdout."),
@@ -275,19 +310,28 @@ def blend(
     from fxbench.select.blend import run_blend
     from fxbench.select.tune import unit_grid
 
+    cfg = _settings(config, set_, **{
+        "select.blend_rule": rule, "select.alpha_step": alpha_step, "select.beta_step": beta_step,
+        "select.gamma_step": gamma_step, "select.threshold_start": start, "select.threshold_stop": stop,
+        "select.threshold_step": step, "select.presence_a": presence_a, "select.presence_b": presence_b,
+        "select.presence_classifier": presence_classifier, "select.presence_rule": presence_rule,
+        "eval.bootstrap": bootstrap, "eval.bootstrap_seed": seed,
+    })
+    sel = cfg.select
     members = [run_a, run_b] + ([classifier] if classifier is not None else [])
     for run in members:
         _ensure_predictions(run, "val", tta)
         if test:
             _ensure_predictions(run, "test", tta)
     summary = run_blend(
-        run_a, run_b, out_dir, classifier, rule=rule, alphas=list(unit_grid(alpha_step)), betas=list(unit_grid(beta_step)),
-        gammas=list(unit_grid(gamma_step)) if classifier is not None else [1.0], thresholds=_grid(start, stop, step),
-        presence_a=presence_a, presence_b=presence_b, presence_classifier=presence_classifier,
-        presence_rule=presence_rule, bootstrap=bootstrap, seed=seed, test=test, command=_command_line(),
+        run_a, run_b, out_dir, classifier, rule=sel.blend_rule, alphas=list(unit_grid(sel.alpha_step)),
+        betas=list(unit_grid(sel.beta_step)), gammas=list(unit_grid(sel.gamma_step)) if classifier is not None else [1.0],
+        thresholds=_grid(sel), presence_a=sel.presence_a, presence_b=sel.presence_b,
+        presence_classifier=sel.presence_classifier, presence_rule=sel.presence_rule,
+        bootstrap=cfg.eval.bootstrap, seed=cfg.eval.bootstrap_seed, test=test, command=_command_line(),
     )
     console.print(f"searched {summary['num_rows']} grid rows on val; full grid in {out_dir / 'grid.csv'}", markup=False)
-    _finish(summary, out_dir, members, json_out, f"blend ({rule}) -> {out_dir}")
+    _finish(summary, out_dir, members, json_out, f"blend ({sel.blend_rule}) -> {out_dir}")
 
 
 def register(app: typer.Typer) -> None:
