@@ -205,10 +205,8 @@ def _native_loader(run_dir: Path, cfg: Config, prepared: Path | None) -> Callabl
     prep = Path(prepared) if prepared else _run_prepared(run_dir, cfg)
 
     def load(image_id: str) -> Any:
-        import numpy as np
-        from PIL import Image
+        from fxbench.data.masks import read_prepared_mask
 
-        with Image.open(prep / "masks" / f"{Path(image_id).stem}.png") as im:
-            return (np.asarray(im.convert("L")) > 127).astype(np.uint8)
+        return read_prepared_mask(prep, image_id)
 
     return load

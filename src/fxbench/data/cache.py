@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from fxbench.errors import DataError
+from fxbench.evaluate.rules import binarize_mask
 from fxbench.io import atomic_path, sha256_file
 
 CACHE_FORMATS = ("raw", "jpeg")
@@ -354,7 +355,7 @@ def _decode_all(
         arr = np.asarray(im.convert("L"))
         if arr.shape != (size, size):
             raise ValueError(f"item {i} decodes to {arr.shape}")
-        out[k] = (arr > 127) if is_mask else arr
+        out[k] = binarize_mask(arr) if is_mask else arr
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         list(pool.map(one, range(len(sel))))

@@ -125,3 +125,14 @@ def selection_key(value: Any) -> float:
     """Sort key of a selection score: the number itself, NaN/None -> -inf (never wins)."""
     f = _number(value)
     return -math.inf if math.isnan(f) else f
+
+
+def binarize_mask(values: Any) -> Any:
+    """The one mask binarisation rule: a pixel is fracture when its stored value is non-zero.
+
+    Holds for every mask fxbench reads: its own 0/255 PNGs (``PREP/masks``, jpeg-cache masks),
+    0/1 label maps of other tools (nnU-Net, peers) and palette PNGs. Returns bool, same shape.
+    """
+    import numpy as np
+
+    return np.asarray(values) != 0

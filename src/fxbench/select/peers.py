@@ -92,16 +92,10 @@ def _split_sha256(prepared_dir: Path) -> str | None:
 
 
 def _read_mask_png(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """bool [H,W] by the one mask reader (:func:`fxbench.data.masks.read_mask`)."""
+    from fxbench.data.masks import read_mask
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im if im.mode in ("L", "1", "P", "I", "I;16") else im.convert("L"))
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"cannot read mask {path} ({err})") from err
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    return arr != 0
+    return read_mask(path).astype(bool)
 
 
 def read_presence_csv(path: str | Path) -> dict[str, float]:
