@@ -218,7 +218,7 @@ def test_bootstrap_and_paired_delta() -> None:
 def test_stored_to_exif_matches_pil_transpose(orientation: int) -> None:
     from PIL import Image
 
-    from fxbench.data.fracatlas import decode_image
+    from fxbench.data.decode import decode_image
 
     ws, hs = 40, 24
     stored = np.zeros((hs, ws), np.uint8)

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fxbench.data.decode import ImageDecodeError, decode_image
 from fxbench.data.fracatlas import (
-    ImageDecodeError,
     Warnings,
     check_polygon_bounds,
     choose_polygon_source,
-    decode_image,
     parse_coco,
     parse_dataset_csv,
     parse_vgg,

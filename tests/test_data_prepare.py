@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from fxbench.data.cache import find_cache, letterbox, letterbox_box, load_cache
-from fxbench.data.fracatlas import decode_image, rasterize
+from fxbench.data.decode import decode_image
+from fxbench.data.fracatlas import rasterize
 from fxbench.data.prepare import MANIFEST_COLUMNS, prepare, seed_split
 from fxbench.errors import ConfigError, DataError
 

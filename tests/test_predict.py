@@ -327,7 +327,7 @@ def test_dicom_window_sets_the_grey_scale(tmp_path: Path) -> None:
 
 def test_images_decode_like_prepare(tmp_path: Path) -> None:
     """read_grey is prepare's decoder: EXIF orientation applied, RGB to L, 16-bit by range class."""
-    from fxbench.data.fracatlas import decode_image
+    from fxbench.data.decode import decode_image
 
     grey = radiograph(30, 50, 9).astype(np.uint8)
     im = Image.fromarray(grey).convert("RGB")

@@ -82,13 +82,13 @@ def seed_loop(cfg: Any, jpegs: list[Path], masks: list[Path], steps: int, warmup
     bs = 4
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
-        from fxbench.data.fracatlas import _truncated_loading
+        from fxbench.data.decode import truncated_loading
 
         xs, ys = [], []
         for i in rng.integers(0, len(jpegs), bs):
             # The seed sets PIL's LOAD_TRUNCATED_IMAGES (FracAtlas has truncated JPEGs, and so
             # does the synthetic archive); scoped here instead of process-wide.
-            with _truncated_loading(True), Image.open(jpegs[i]) as im:
+            with truncated_loading(True), Image.open(jpegs[i]) as im:
                 img = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             with Image.open(masks[i]) as m:
                 msk = m.convert("L").resize((size, size), Image.Resampling.NEAREST)

@@ -41,20 +41,19 @@ from fxbench.data.cache import (
     parse_cache_key,
     to_cache_frame,
 )
+from fxbench.data.decode import ImageDecodeError, decode_image
 from fxbench.data.folds import assign_folds, check_folds, fold_summary, label_strata
 from fxbench.data.fracatlas import (
     BOX_SOURCES,
     META_COLUMNS,
     POLYGON_SOURCES,
     DatasetSource,
-    ImageDecodeError,
     Layout,
     Polygon,
     Warnings,
     box_count,
     check_polygon_bounds,
     choose_polygon_source,
-    decode_image,
     pixel_hash,
     polygon_count,
     rasterize,

@@ -2,7 +2,7 @@
 bringing them into the network's frame with the rules the training data went through.
 
 Used by ``fxbench predict``. Ordinary images are decoded exactly as ``fxbench prepare`` decodes
-FracAtlas (:func:`fxbench.data.fracatlas.decode_image`: EXIF orientation applied, truncated
+FracAtlas (:func:`fxbench.data.decode.decode_image`: EXIF orientation applied, truncated
 JPEGs tolerated, every mode to 8-bit grey). DICOM needs the optional ``pydicom`` extra: the
 modality LUT (rescale) and the VOI LUT or window are applied, the result is scaled to 8 bits
 over the VOI's output range (over the data range when the file has no VOI), and MONOCHROME1
@@ -174,7 +174,7 @@ def read_grey(path: Path) -> np.ndarray:
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES or has_dicom_magic(path):
         return read_dicom(path)
-    from fxbench.data.fracatlas import ImageDecodeError, decode_image
+    from fxbench.data.decode import ImageDecodeError, decode_image
 
     try:
         data = path.read_bytes()

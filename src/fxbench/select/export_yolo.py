@@ -55,7 +55,7 @@ def _copy_as_is(row: dict[str, str], data: bytes) -> bool:
 
 
 def _decode(data: bytes, row: dict[str, str]) -> np.ndarray:
-    from fxbench.data.fracatlas import ImageDecodeError, decode_image
+    from fxbench.data.decode import ImageDecodeError, decode_image
 
     try:
         return decode_image(data, row.get("image_path") or row["image_id"]).pixels

@@ -354,7 +354,7 @@ def _bytes_reader(prep: Path, archive: str | Path | None) -> Callable[[dict[str,
 def _image_reader(prep: Path, archive: str | Path | None) -> Callable[[dict[str, str]], np.ndarray]:
     """image row -> grey uint8 [H,W] in the EXIF-transposed frame, decoded as ``prepare`` does
     (the file is found as :func:`_bytes_reader` finds it)."""
-    from fxbench.data.fracatlas import ImageDecodeError, decode_image
+    from fxbench.data.decode import ImageDecodeError, decode_image
 
     read_bytes = _bytes_reader(prep, archive)
 
