@@ -14,7 +14,8 @@ from PIL import Image
 from fxbench.data.cache import find_cache, letterbox, letterbox_box, load_cache
 from fxbench.data.decode import decode_image
 from fxbench.data.fracatlas import rasterize
-from fxbench.data.prepare import MANIFEST_COLUMNS, prepare, seed_split
+from fxbench.data.prepare import MANIFEST_COLUMNS, prepare
+from fxbench.data.splits import seed_split
 from fxbench.errors import ConfigError, DataError
 
 CONTRACT_COLUMNS = [

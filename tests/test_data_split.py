@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from fxbench.data.prepare import (
+from fxbench.data.splits import (
     cross_split_groups,
     grouped_split,
     official_split,

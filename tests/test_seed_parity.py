@@ -228,7 +228,7 @@ def test_presence_label_smoothing() -> None:
 
 
 def test_split_ratios_change_the_seed_and_grouped_counts() -> None:
-    from fxbench.data.prepare import grouped_split, seed_split
+    from fxbench.data.splits import grouped_split, seed_split
 
     rows = [(f"n{i}", 0) for i in range(100)] + [(f"p{i}", 1) for i in range(20)]
     counts = lambda sp: {k: sum(v == k for v in sp.values()) for k in ("train", "val", "test")}  # noqa: E731

@@ -233,8 +233,9 @@ def prepare(
     """Decode, check and split the archive: masks, manifest.csv, prepare_report.json, caches."""
     from fxbench.data.archive import registered_archive
     from fxbench.data.folds import prepared_folds
-    from fxbench.data.prepare import TRAIN_RATIO, VAL_RATIO, current_ratios, current_split
+    from fxbench.data.prepare import current_ratios, current_split
     from fxbench.data.prepare import prepare as run_prepare
+    from fxbench.data.splits import TRAIN_RATIO, VAL_RATIO
     from fxbench.errors import DataError
     from fxbench.paths import prepared_dir
 
