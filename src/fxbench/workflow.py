@@ -8,9 +8,11 @@ imports launch (see the table in docs/internals.md).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -210,3 +212,61 @@ def _native_loader(run_dir: Path, cfg: Config, prepared: Path | None) -> Callabl
         return read_prepared_mask(prep, image_id)
 
     return load
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` made: the run folder, its sealed test metrics, the report folder."""
+
+    run: Path
+    metrics: dict[str, Any]
+    report_dir: Path
+
+
+def demo_settings(prep: Path, image_size: int, epochs: int, seed: int, device: str) -> list[str]:
+    """The ``--set`` overrides of the demo's training run (a small unet_dual)."""
+    return [f"data.prepared={prep}", f"data.image_size={image_size}", "model.name=unet_dual", "model.base_channels=16",
+            f"train.epochs={epochs}", "train.batch_size=16", f"train.seed={seed}", "optim.lr=3e-3",
+            "loss.presence_weight=0.3", "schedule.name=cosine", "schedule.warmup_epochs=1", "eval.bootstrap=1000",
+            f"runtime.device={device}"]
+
+
+def run_demo(
+    out_dir: Path, n_images: int, epochs: int, image_size: int, seed: int, device: str,
+    step: Callable[[str], None],
+    train_display: Callable[[], contextlib.AbstractContextManager[Callable[[Any], None]]],
+    on_tuned: Callable[[Any], None],
+) -> DemoResult:
+    """synth -> prepare -> train -> eval val -> tune -> eval test (sealed, once) -> report in
+    ``out_dir``. ``step`` receives the equivalent command line before each stage, ``train_display``
+    makes the training progress callback, ``on_tuned`` receives the decision chosen on val."""
+    from fxbench.config import load_config
+    from fxbench.data.prepare import prepare
+    from fxbench.data.synthetic import make_synthetic_archive
+    from fxbench.report import build_report
+    from fxbench.select.tune import tune_run
+
+    archive = out_dir / "archive"
+    step(f"fxbench synth {archive} --n-images {n_images} --seed {seed}")
+    make_synthetic_archive(archive, n_images=n_images, seed=seed, scale=0.3)
+    prep = out_dir / "prepared"
+    step(f"fxbench prepare --archive {archive} --out {prep} --cache-size {image_size}")
+    prepare(archive, prep, split_mode="grouped", seed=42, cache_sizes=(image_size,), cache_format="raw")
+    run = out_dir / "runs" / "demo-unet-dual"
+    sets = demo_settings(prep, image_size, epochs, seed, device)
+    cfg = load_config(None, sets, environ={})
+    step(f"fxbench train --run-dir {run} " + " ".join(f"--set {s}" for s in sets))
+    with train_display() as display:
+        train_run(cfg, run, on_progress=display)
+    step(f"fxbench eval {run} --split val")
+    evaluate_run(run, "val", argv=["eval", str(run), "--split", "val"])
+    step(f"fxbench tune {run}")
+    on_tuned(tune_run(run).decision)
+    decision = run / "decision.json"
+    step(f"fxbench eval {run} --split test --decision {decision}")
+    metrics = evaluate_run(run, "test", decision_path=decision,
+                           argv=["eval", str(run), "--split", "test", "--decision", str(decision)])
+    report_dir = out_dir / "report"
+    step(f"fxbench report {run} --out {report_dir}")
+    build_report([run], report_dir)
+    return DemoResult(run, metrics, report_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -30,14 +31,11 @@ def demo(
     import shutil
 
     from fxbench.cli.eval_cmds import box_table, metrics_table
-    from fxbench.config import load_config
-    from fxbench.data.prepare import prepare
-    from fxbench.data.synthetic import make_synthetic_archive
+    from fxbench.cli.select_cmds import tuning_notes
+    from fxbench.cli.train_cmd import TrainDisplay
     from fxbench.errors import UsageError
     from fxbench.paths import demo_dir
-    from fxbench.report import build_report
-    from fxbench.select.tune import tune_run
-    from fxbench.workflow import evaluate_run, train_run
+    from fxbench.workflow import run_demo
 
     t0 = time.perf_counter()
     out_dir = out_dir or demo_dir()
@@ -52,50 +50,24 @@ def demo(
     def step(text: str) -> None:
         console.print(f"[bold cyan]>[/] {text}  [dim]({time.perf_counter() - t0:.0f} s)[/]")
 
-    archive = out_dir / "archive"
-    step(f"fxbench synth {archive} --n-images {n_images} --seed {seed}")
-    make_synthetic_archive(archive, n_images=n_images, seed=seed, scale=0.3)
-    prep = out_dir / "prepared"
-    step(f"fxbench prepare --archive {archive} --out {prep} --cache-size {image_size}")
-    prepare(archive, prep, split_mode="grouped", seed=42, cache_sizes=(image_size,), cache_format="raw")
-    run = out_dir / "runs" / "demo-unet-dual"
-    sets = [f"data.prepared={prep}", f"data.image_size={image_size}", "model.name=unet_dual", "model.base_channels=16",
-            f"train.epochs={epochs}", "train.batch_size=16", f"train.seed={seed}", "optim.lr=3e-3",
-            "loss.presence_weight=0.3", "schedule.name=cosine", "schedule.warmup_epochs=1", "eval.bootstrap=1000",
-            "runtime.device=cpu" if not _cuda() else "runtime.device=auto"]
-    cfg = load_config(None, sets, environ={})
-    step(f"fxbench train --run-dir {run} " + " ".join(f"--set {s}" for s in sets))
-    from fxbench.cli.train_cmd import TrainDisplay
+    def tuned(d: Any) -> None:
+        console.print(f"  decision (chosen on val): threshold {d.threshold}, presence {d.presence_source} "
+                      f">= {d.presence_threshold:.3f}", markup=False)
+        for line in tuning_notes(d.to_dict()):  # a 2-epoch demo model often ties or is degenerate: say so
+            console.print(f"  {line}", markup=False)
 
-    with TrainDisplay(quiet=False) as display:
-        train_run(cfg, run, on_progress=display)
-    step(f"fxbench eval {run} --split val")
-    evaluate_run(run, "val", argv=["eval", str(run), "--split", "val"])
-    step(f"fxbench tune {run}")
-    tuned = tune_run(run)
-    d = tuned.decision
-    console.print(f"  decision (chosen on val): threshold {d.threshold}, presence {d.presence_source} "
-                  f">= {d.presence_threshold:.3f}", markup=False)
-    from fxbench.cli.select_cmds import tuning_notes
-
-    for line in tuning_notes(d.to_dict()):  # a 2-epoch demo model often ties or is degenerate: say so
-        console.print(f"  {line}", markup=False)
-    decision = run / "decision.json"
-    step(f"fxbench eval {run} --split test --decision {decision}")
-    metrics = evaluate_run(run, "test", decision_path=decision,
-                           argv=["eval", str(run), "--split", "test", "--decision", str(decision)])
-    report_dir = out_dir / "report"
-    step(f"fxbench report {run} --out {report_dir}")
-    build_report([run], report_dir)
+    result = run_demo(out_dir, n_images, epochs, image_size, seed, "auto" if _cuda() else "cpu", step,
+                      lambda: TrainDisplay(quiet=False), tuned)
+    metrics = result.metrics
     out.print(metrics_table(metrics, f"demo test results (sealed, {metrics.get('test_accesses')} test access)"))
     boxes = box_table(metrics, "demo test results")
     if boxes is not None:
         out.print(boxes)
-    console.print(f"done in {time.perf_counter() - t0:.0f} s. Run folder: {run}", markup=False)
+    console.print(f"done in {time.perf_counter() - t0:.0f} s. Run folder: {result.run}", markup=False)
     console.print("On real data (README, 'The real-data workflow'): fxbench download "
                   "(offline: fxbench download --from-file FracAtlas.zip), then "
                   "fxbench prepare --split-mode seed --cache-size 256", markup=False)
-    console.print(f"report with plots: {report_dir / 'report.md'}", markup=False)
+    console.print(f"report with plots: {result.report_dir / 'report.md'}", markup=False)
 
 
 def _cuda() -> bool:
