@@ -159,3 +159,42 @@ def test_completion_of_split_and_set_values(tmp_path: Path, monkeypatch) -> None
     assert _complete("fxbench train --set data.resize=") == ["data.resize=letterbox", "data.resize=stretch"]
     assert _complete("fxbench config show --set augment.enabled=") == ["augment.enabled=true", "augment.enabled=false"]
     assert "train.selection_metric=dice_pos" in _complete("fxbench train --set train.selection_metric=")
+
+
+# ---------------------------------------------------------------------------------- the walkthrough in docs/workflow.md
+
+
+def test_first_hour_walkthrough_runs_line_by_line(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every command of docs/workflow.md's "Your first hour" block, verbatim, through the CLI
+    (the demo gets `--n-images 40 --epochs 1`: test_demo runs it at full length)."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from fxbench.cli.app import app
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "workflow.md").read_text()
+    block = doc.split("<!-- first-hour:begin -->")[1].split("<!-- first-hour:end -->")[0]
+    lines = [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.startswith("fxbench ")]
+    assert len(lines) >= 12
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FXBENCH_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    outputs = {}
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        if argv[0] == "demo":
+            argv += ["--n-images", "40", "--epochs", "1"]
+        res = runner.invoke(app, argv)
+        assert res.exit_code == 0, f"{line}\n{res.output}"
+        outputs[argv[0] if argv[0] != "eval" else f"eval {argv[argv.index('--split') + 1]}"] = res.output
+    assert outputs["demo"].strip().splitlines()[-1].endswith("first-hour/demo/report/report.md")
+    assert "(val dice_pos " in outputs["train"]  # train names its selection metric
+    assert "next: fxbench eval first-hour/runs/tiny --split val" in outputs["train"]
+    assert "next: fxbench tune first-hour/runs/tiny" in outputs["eval val"]
+    assert "wrote first-hour/runs/tiny/metrics/test.json; next: fxbench report" in outputs["eval test"]
+    assert (tmp_path / "first-hour" / "report" / "report.md").is_file()
+    assert list((tmp_path / "first-hour" / "preds" / "overlays").glob("*.png"))
+    values = read_json(tmp_path / "first-hour" / "report" / "report.json")["plot_values"]["tiny"]
+    assert values["threshold"]["threshold"] == read_json(tmp_path / "first-hour" / "runs" / "tiny" / "decision.json")["threshold"]
+    assert values["cases_best"]["background"].startswith("X-ray")

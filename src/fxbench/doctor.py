@@ -93,7 +93,9 @@ def _torch_checks() -> list[Check]:
             checks.append(Check("CUDA", "warn", "NVIDIA driver present, but torch sees no usable GPU",
                                 "compare `nvidia-smi` with the torch CUDA build; training falls back to the CPU"))
         elif torch.version.cuda:
-            checks.append(Check("CUDA", "info", "no GPU found (CPU mode)", "training runs on the CPU: slow but works"))
+            checks.append(Check("CUDA", "info", "no GPU found (CPU mode)",
+                                "training runs on the CPU: slow but works. This torch is the CUDA build (about "
+                                "5 GB); on a machine without a GPU the CPU build is enough: see docs/install.md"))
         else:
             checks.append(Check("CUDA", "info", "not available (CPU-only torch)", "install a CUDA build of torch to train on a GPU"))
         checks.append(_numerics_check("cpu"))

@@ -57,13 +57,19 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the result 
     if as_json:
         _echo_json({"ok": not failed, "counts": counts, "checks": [asdict(c) for c in checks]})
     else:
-        table = Table(title="fxbench doctor", show_lines=False)
-        table.add_column("check", no_wrap=True)
-        table.add_column("status", no_wrap=True)
-        table.add_column("value", overflow="fold")
-        for c in checks:
-            table.add_row(c.name, f"[{_STATUS_STYLE[c.status]}]{c.status}[/]", c.value)
-        out.print(table, soft_wrap=False)  # tables fit the width; titles stay centred
+        name_w = max(len(c.name) for c in checks)
+        if name_w + max(len(c.value) for c in checks) + 17 <= out.width:
+            table = Table(title="fxbench doctor", show_lines=False)
+            table.add_column("check", no_wrap=True)
+            table.add_column("status", no_wrap=True)
+            table.add_column("value")
+            for c in checks:
+                table.add_row(c.name, f"[{_STATUS_STYLE[c.status]}]{c.status}[/]", c.value)
+            out.print(table, soft_wrap=False)  # tables fit the width; titles stay centred
+        else:  # a narrow terminal: aligned lines, so no path is broken in the middle by a table cell
+            out.print("fxbench doctor", markup=False)
+            for c in checks:
+                out.print(f"  {c.name:<{name_w}}  {c.status:<4}  {c.value}", markup=False, soft_wrap=True)
         for c in checks:
             if c.advice and c.status != "ok":
                 out.print(f"  {c.status} {c.name}: {c.advice}", markup=False, soft_wrap=True)
@@ -109,7 +115,7 @@ def runs(
     # same metric, its name goes in the header to keep the table narrow.
     metrics = {s.selection_metric for s in summaries if s.best_value is not None}
     shared = metrics.pop() if len(metrics) == 1 else None
-    table = Table(title=f"runs in {root}")
+    table = Table(title=f"{len(summaries)} run{'s' if len(summaries) != 1 else ''} in {root.resolve()}")
     table.add_column("name", overflow="fold", min_width=16)
     table.add_column("status", no_wrap=True)
     table.add_column("model", overflow="ellipsis", no_wrap=True, max_width=24)
@@ -127,6 +133,19 @@ def runs(
     out.print(table, soft_wrap=False)  # tables fit the width; titles stay centred
     for line in sweeps:
         out.print(line, markup=False)
+
+
+def _decision_line(d: dict[str, Any]) -> str:
+    """The operating point in one short line; decision.json holds the provenance fields."""
+    parts = [f"threshold {_fmt_num(d.get('threshold'))}"]
+    if d.get("presence_source") is not None:
+        parts.append(f"presence {d['presence_source']} >= {_fmt_num(d.get('presence_threshold'))}")
+    if d.get("min_component"):
+        parts.append(f"min_component {d['min_component']}")
+    parts.append(f"tta {d.get('tta') or 'none'}")
+    source = d.get("source") or "?"
+    where = f" on {d['selected_on']}" if d.get("selected_on") else ""
+    return ", ".join(parts) + f" (from {source}{where}; all fields in decision.json)"
 
 
 def _fmt_num(value: Any) -> str:
@@ -186,7 +205,7 @@ def show(
                 table.add_row(split, key, f"{v['value']:.4f}", ci)
         out.print(table, soft_wrap=False)  # tables fit the width; titles stay centred
     if decision is not None:
-        out.print("  decision: " + ", ".join(f"{k}={_fmt_num(v)}" for k, v in decision.items()), markup=False)
+        out.print("  decision: " + _decision_line(decision), markup=False)
     out.print("  artifacts:", markup=False)
     for item in result["artifacts"]:
         out.print(f"    {item['path']}  ({item['bytes']:,} bytes)", markup=False)
