@@ -112,8 +112,7 @@ def test_version_shows_fxbench_without_importing_torch(runner: CliRunner) -> Non
     for flag in ("--version", "-V"):
         result = runner.invoke(app, [flag])
         assert result.exit_code == 0
-        assert result.stdout.startswith(f"fxbench {__version__} (Python ")
-        assert "fxbench doctor" in result.stdout
+        assert result.stdout.strip() == f"fxbench {__version__}"
     rc, output, heavy = _fresh_modules(["--version"])
     assert rc == 0 and output.startswith(f"fxbench {__version__}") and heavy == []
 
@@ -410,8 +409,8 @@ def test_show_summarises_a_run(runner: CliRunner, runs_root: Path) -> None:
     result = runner.invoke(app, ["show", "exp-a"], env={"FXBENCH_RUNS": str(runs_root), "COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "model=unet_dual" in result.stdout and "lr=0.0003" in result.stdout
-    assert "[0.3500, 0.4700]" in result.stdout and "threshold=0.35" in result.stdout
-    assert "val_predictions_sha256=abababababab..." in result.stdout
+    assert "[0.3500, 0.4700]" in result.stdout and "decision: threshold 0.35" in result.stdout
+    assert "all fields in decision.json" in result.stdout and "val_predictions_sha256" not in result.stdout  # short line
 
 
 def test_show_rejects_a_folder_that_is_not_a_run(runner: CliRunner, runs_root: Path) -> None:

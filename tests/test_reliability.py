@@ -835,13 +835,14 @@ def test_predict_reads_odd_images_and_lists_unreadable_ones(trained: Path, tmp_p
     assert {Image.open(m).size for m in masks} == sizes
     assert {(1, 1), (400, 3), (80, 60), (60, 80)} <= sizes
     assert all(0.0 <= float(r["presence_probability"]) <= 1.0 for r in rows)
-    # Nothing but unreadable files: still a clean run with every file listed.
+    # Nothing but unreadable files: a data error (exit 3) and nothing written (issue #14).
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in unreadable:
         shutil.copy(folder / name, bad / name)
     code, _, err = cli(["predict", trained, bad, "--out", tmp_path / "out2", "--device", "cpu"], capfd)
-    assert code == 0 and len(list(csv.DictReader(open(tmp_path / "out2" / "errors.csv")))) == len(unreadable)
+    assert code == 3 and f"none of the {len(unreadable)} input files" in error_line(err)
+    assert not (tmp_path / "out2").exists()
     # A missing input is a data error (exit 3), an empty folder too.
     code, _, err = cli(["predict", trained, tmp_path / "nope.png", "--out", tmp_path / "out3"], capfd)
     assert code == 3 and "input not found" in error_line(err)

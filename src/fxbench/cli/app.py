@@ -52,9 +52,9 @@ VERB_MODULES = (
 
 
 def _version_text() -> str:
-    """``fxbench X.Y.Z (Python 3.x)``: no torch import, so it answers at once (torch's version
-    and CUDA are in ``fxbench doctor``)."""
-    return f"fxbench {__version__} (Python {sys.version_info.major}.{sys.version_info.minor}; torch and CUDA: fxbench doctor)"
+    """``fxbench X.Y.Z``: no torch import, so it answers at once (torch's version and CUDA are
+    in ``fxbench doctor``)."""
+    return f"fxbench {__version__}"
 
 
 def _version_cb(ctx: typer.Context, value: bool) -> None:
