@@ -296,3 +296,20 @@ def test_polygon_shape_disagreement_is_recorded(tmp_path: Path, small_archive: P
     report = prepare(arch, tmp_path / "prep", cache_sizes=(32,), workers=1).report
     entry = next(d for d in report["disagreements"] if d["image_id"] == target)
     assert "different polygon shapes" in entry["issues"][0] and entry["source"] == "coco"
+
+
+def test_prepare_report_is_the_typed_record(small_archive: Path, tmp_path: Path) -> None:
+    """prepare_report.json = PrepareReport's fields in order, then the keys prepare adds."""
+    from pydantic import ValidationError
+
+    from fxbench.data.report import PrepareReport
+
+    prepare(small_archive, tmp_path / "prep", cache_sizes=(64,))
+    body = json.loads((tmp_path / "prep" / "prepare_report.json").read_text())
+    later = ["gt_boxes", "box_disagreements", "timings_s", "workers", "rebuilt"]
+    assert list(body) == list(PrepareReport.model_fields) + later
+    record = PrepareReport(**{k: v for k, v in body.items() if k not in later})
+    assert record.to_json() == {k: v for k, v in body.items() if k not in later}
+    assert record.images == record.fractured + record.non_fractured == sum(record.split_counts.values())
+    with pytest.raises(ValidationError):
+        PrepareReport(**{**record.to_json(), "imagez": 1})
