@@ -81,6 +81,30 @@ def train_fold(cfg: Config, fold: int, run_dir: Path, resume: bool = False,
     return out
 
 
+def ensure_predictions(run: Path, split: str, tta: str | None = None,
+                       on_predict: Callable[[], None] | None = None) -> Path:
+    """``RUN/predictions/<split>.npz``; when missing, the run's network makes it once
+    (``on_predict`` is called first). DataError when there is neither an artifact nor a checkpoint."""
+    from fxbench.errors import DataError
+
+    path = run / "predictions" / f"{split}.npz"
+    if path.is_file():
+        return path
+    if not (run / "checkpoints").is_dir():
+        raise DataError(
+            f"{run} has no {split} predictions and no checkpoints to make them",
+            f"run `fxbench eval {run} --split val`, or pass a trained run",
+        )
+    try:
+        from fxbench.predict.infer import predict_split
+    except ImportError as err:  # a core install without the training stack
+        raise DataError(f"{run} has no {split} predictions and inference is unavailable ({err})") from err
+    if on_predict is not None:
+        on_predict()
+    predict_split(run, split, tta)
+    return path
+
+
 def _default_decision(cfg: Config) -> dict[str, Any]:
     """The config's operating point for a val evaluation; it binds no TTA (``--tta`` picks freely)."""
     ev = cfg.eval

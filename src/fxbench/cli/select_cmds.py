@@ -1,7 +1,7 @@
 """`fxbench tune | ensemble | blend`: choices on val from saved predictions, test once.
 
 These verbs read ``RUN/predictions/<split>.npz``. When a run lacks them, the network is run
-once through ``fxbench.predict.infer.predict_split`` (imported only then: torch stays out of
+once by ``fxbench.workflow.ensure_predictions`` (torch is imported only then: it stays out of
 ``--help`` and out of runs that already have their predictions).
 """
 
@@ -26,22 +26,11 @@ def _command_line() -> str:
 
 
 def _ensure_predictions(run: Path, split: str, tta: str | None) -> None:
-    """Write RUN/predictions/<split>.npz with the run's network if it is missing."""
-    if (run / "predictions" / f"{split}.npz").is_file():
-        return
-    from fxbench.errors import DataError
+    """RUN/predictions/<split>.npz, made first by the run's network when missing (said on screen)."""
+    from fxbench.workflow import ensure_predictions
 
-    if not (run / "checkpoints").is_dir():
-        raise DataError(
-            f"{run} has no {split} predictions and no checkpoints to make them",
-            f"run `fxbench eval {run} --split val`, or pass a trained run",
-        )
-    try:
-        from fxbench.predict.infer import predict_split
-    except ImportError as err:  # a core install without the training stack
-        raise DataError(f"{run} has no {split} predictions and inference is unavailable ({err})") from err
-    console.print(f"predicting {split} for {run} (tta {tta or 'from config'})", markup=False)
-    predict_split(run, split, tta)
+    ensure_predictions(run, split, tta, on_predict=lambda: console.print(
+        f"predicting {split} for {run} (tta {tta or 'from config'})", markup=False))
 
 
 def _grid(sel: Any) -> Any:
