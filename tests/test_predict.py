@@ -476,6 +476,7 @@ def test_labels_show_the_side_of_the_threshold() -> None:
     assert decision_label(0.4312, 0.4349, 0) == "fracture: no (p 0.4312 < 0.4349)"
     assert decision_label(0.43501, 0.435, 1) == "fracture: YES (p 0.43501 >= 0.43500)"
     assert decision_label(0.9, 0.5, 1) == "fracture: YES (p 0.90 >= 0.50)"
+    assert decision_label(0.18, 0.12, 1, "pred_area") == "fracture: YES (pred_area 0.18 >= 0.12)"  # not a p
 
 
 def test_no_readable_image_fails_and_writes_nothing(run: Path, tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ from fxbench.io import read_json, write_bytes_atomic, write_csv_atomic, write_js
 
 #: Images sent through the network together.
 BATCH = 8
+#: Presence sources that are probabilities (labelled ``p``); others are named (``pred_area``).
+PROBABILITY_SOURCES = ("head", "max", "topk_mean", "mean", "blend")
 
 
 @dataclass
@@ -97,14 +99,15 @@ def side_digits(value: float, threshold: float, least: int = 2, most: int = 6) -
     return f"{value:.{most}f}", f"{threshold:.{most}f}"
 
 
-def decision_label(presence: float, threshold: float, decided: int) -> str:
-    """``fracture: YES (p 0.4312 >= 0.4300)`` / ``fracture: no (p 0.4288 < 0.4300)``."""
+def decision_label(presence: float, threshold: float, decided: int, name: str = "p") -> str:
+    """``fracture: YES (p 0.4312 >= 0.4300)`` / ``fracture: no (p 0.4288 < 0.4300)``; ``name``
+    names the score (the presence source: ``pred_area`` is an area share, not a probability)."""
     a, b = side_digits(presence, threshold)
-    return f"fracture: YES (p {a} >= {b})" if decided else f"fracture: no (p {a} < {b})"
+    return f"fracture: YES ({name} {a} >= {b})" if decided else f"fracture: no ({name} {a} < {b})"
 
 
 def overlay_png(grey: np.ndarray, mask: np.ndarray, presence: float, decided: int,
-                presence_threshold: float = 0.5) -> bytes:
+                presence_threshold: float = 0.5, score_name: str = "p") -> bytes:
     """RGB PNG of ``grey`` with the mask filled semi-transparently in red (outline opaque), and
     the decision with the presence score against its threshold in the corner.
 
@@ -128,7 +131,7 @@ def overlay_png(grey: np.ndarray, mask: np.ndarray, presence: float, decided: in
     rgb[edge] = (255, 40, 40)
     im = Image.fromarray(rgb)
     draw = ImageDraw.Draw(im)
-    text = decision_label(presence, presence_threshold, decided)
+    text = decision_label(presence, presence_threshold, decided, score_name)
     font_px = max(11, min(h, w) // 30)
     try:
         font = ImageFont.load_default(size=font_px)
@@ -136,7 +139,7 @@ def overlay_png(grey: np.ndarray, mask: np.ndarray, presence: float, decided: in
         font = ImageFont.load_default()
     x0, y0, x1, y1 = draw.textbbox((4, 2), text, font=font)
     if x1 > w:  # a small image: the short form "YES 0.53>=0.17"
-        text = text.split(": ", 1)[1].replace("(p ", "").replace(" >= ", ">=").replace(" < ", "<").rstrip(")")
+        text = text.split(": ", 1)[1].replace(f"({score_name} ", "").replace(" >= ", ">=").replace(" < ", "<").rstrip(")")
         x0, y0, x1, y1 = draw.textbbox((4, 2), text, font=font)
     draw.rectangle((0, 0, x1 + 4, y1 + 3), fill=(0, 0, 0))
     draw.text((4, 2), text, fill=(255, 255, 0) if decided else (200, 200, 200), font=font)
@@ -282,7 +285,8 @@ def predict_images(
             stem = _unique(_output_stem(path, inputs), path, used)
             write_bytes_atomic(out_dir / "masks" / f"{stem}.png", _png(mask))
             write_bytes_atomic(out_dir / "overlays" / f"{stem}.png",
-                               overlay_png(grey, mask, presence, decided, pres_thr))
+                               overlay_png(grey, mask, presence, decided, pres_thr,
+                                           "p" if source in PROBABILITY_SOURCES else source))
             results.append(ImageResult(str(path), presence, pres_thr, decided, int(mask.sum()), int(pixels.sum()),
                                        n_comp, int(grey.shape[1]), int(grey.shape[0]), f"masks/{stem}.png",
                                        f"overlays/{stem}.png"))

@@ -126,8 +126,8 @@ def _plot_entry(row: dict[str, Any], pdir: Path, prepared: Path | None, cases: i
     decision["presence_source"] = source
     entry = [(name, pred.presence[source], pred.labels)]
     curves.setdefault(split, []).append(entry[0])
-    tag = f"{name} ({split})"
-    files["roc"] = str(plots.plot_roc(entry, pdir / "roc.png", title=f"{tag}: presence ROC"))
+    tag = f"{name} ({split}, presence {source})"
+    files["roc"] = str(plots.plot_roc(entry, pdir / "roc.png", title=f"{tag}: ROC"))
     files["pr"] = str(plots.plot_pr(entry, pdir / "pr.png", title=f"{tag}: precision-recall"))
     files["calibration"] = str(plots.plot_calibration(entry, pdir / "calibration.png", title=f"{tag}: calibration"))
     loader, where = _case_images(pred, prepared, memo)

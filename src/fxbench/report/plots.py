@@ -106,8 +106,12 @@ def plot_calibration(
         s = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
         b = calibration_bins(s, labels, n_bins)
         ok = b["count"] > 0
-        top.plot(b["mean_score"][ok], b["fraction_positive"][ok], marker="o", ms=4, lw=1.2,
-                 label=_label(name, brier_score(s, labels), "Brier"))
+        line = top.plot(b["mean_score"][ok], b["fraction_positive"][ok], marker="o", ms=4, lw=1.2,
+                        label=_label(name, brier_score(s, labels), "Brier"))[0]
+        if len(curves) == 1:  # how many images each point stands on (a point of 1 image is noise)
+            for xv, yv, n in zip(b["mean_score"][ok], b["fraction_positive"][ok], b["count"][ok], strict=True):
+                top.annotate(f"n={int(n)}", (xv, yv), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                             color=line.get_color())
         bottom.hist(s, bins=edges, histtype="step", lw=1.2)
     top.set(ylabel="fraction with fracture", xlim=(0, 1), ylim=(0, 1.01), title=title)
     top.legend(loc="upper left", fontsize=8)
