@@ -150,7 +150,7 @@ def test_total_is_weighted_sum_of_parts() -> None:
     target = _mask(2, [FOUR, []])
     logits = torch.randn(2, 1, 4, 4)
     head = torch.tensor([0.5, -1.0])
-    total, parts = loss_fn(logits, target, head, epoch=1)
+    total, parts = loss_fn(logits, target, head, epoch=1, detailed=True)
     assert set(parts) == {
         "bce",
         "dice",
@@ -182,12 +182,12 @@ def test_presence_source_rules() -> None:
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
         torch.tensor([2.0, -3.0]), torch.tensor([1.0, 0.0])
     )
-    assert auto(logits, target, None)[1]["presence"] == pytest.approx(expected.item(), rel=1e-6)
+    assert auto(logits, target, None, detailed=True)[1]["presence"] == pytest.approx(expected.item(), rel=1e-6)
     # auto with a head uses it: logit 0 -> ln 2.
-    assert auto(logits, target, head)[1]["presence"] == pytest.approx(LN2, rel=1e-6)
+    assert auto(logits, target, head, detailed=True)[1]["presence"] == pytest.approx(LN2, rel=1e-6)
     # max forces the mask even when a head exists.
     forced = SegmentationLoss(LossConfig(presence_weight=1.0, presence_source="max"))
-    assert forced(logits, target, head)[1]["presence"] == pytest.approx(expected.item(), rel=1e-6)
+    assert forced(logits, target, head, detailed=True)[1]["presence"] == pytest.approx(expected.item(), rel=1e-6)
     with pytest.raises(ConfigError, match="presence_source=head"):
         SegmentationLoss(LossConfig(presence_weight=1.0, presence_source="head"))(
             logits, target, None
@@ -218,7 +218,10 @@ def test_logits_resized_to_mask_and_detailed_off() -> None:
     total, parts = SegmentationLoss(LossConfig())(
         torch.zeros(1, 1, 2, 2), _mask(1, [FOUR]), detailed=False
     )
-    assert parts == {}
+    # detailed=False (the training step's default): parts stay device tensors, no readback.
+    assert set(parts) == {"bce", "dice", "seg", "total", "presence_weight"}
+    assert all(isinstance(parts[k], torch.Tensor) and not parts[k].requires_grad for k in ("bce", "dice", "total"))
+    assert parts["total"].item() == pytest.approx(total.item())
     assert total.item() == pytest.approx(0.5 * LN2 + 0.5 * 2 / 3, abs=1e-6)
 
 

@@ -231,7 +231,9 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(32, ge=1)
     seed: int = 42
     selection_metric: str = Field("dice_pos", description="Val metric that picks checkpoints/best.pt.")
-    val_every_epochs: int = Field(1, ge=1)
+    val_every_epochs: int = Field(1, ge=1, description="Validate (and maybe save best.pt) every N epochs and after the last.")
+    last_every_epochs: int = Field(5, ge=1, description="Write checkpoints/last.pt every N epochs, after the last and on SIGINT/SIGTERM.")
+    log_every_steps: int = Field(50, ge=1, description="Read the loss back from the device (progress, finiteness check) every N steps and at epoch end; steps in between never wait for the GPU.")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap optimizer steps per epoch (smoke runs only).")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N validations without improvement.")
     init_checkpoint: Path | None = Field(None, description="Warm start: weights loaded strictly except declared new heads.")

@@ -92,9 +92,15 @@ def geometry_theta(
     inv = torch.stack(
         [torch.stack([fx * cos, fx * sin], -1), torch.stack([-fy * sin, fy * cos], -1)], -2
     ) / scale.view(-1, 1, 1)
-    half = torch.tensor([width / 2.0, height / 2.0], device=inv.device, dtype=inv.dtype)
-    linear = inv * half.view(1, 1, 2) / half.view(1, 2, 1)  # D^-1 M D
-    offset = -(inv @ shift_px.unsqueeze(-1)).squeeze(-1) / half  # -D^-1 M t
+    # D = diag(W/2, H/2). Built from Python scalars only: a small torch.tensor(..., device=cuda)
+    # would be a blocking host-to-device copy on every training step.
+    hx, hy = width / 2.0, height / 2.0
+    linear = torch.stack(  # D^-1 M D
+        [torch.stack([inv[:, 0, 0], inv[:, 0, 1] * (hy / hx)], -1),
+         torch.stack([inv[:, 1, 0] * (hx / hy), inv[:, 1, 1]], -1)], -2
+    )
+    moved = (inv @ shift_px.unsqueeze(-1)).squeeze(-1)
+    offset = -torch.stack([moved[:, 0] / hx, moved[:, 1] / hy], -1)  # -D^-1 M t
     return torch.cat([linear, offset.unsqueeze(-1)], dim=-1)
 
 

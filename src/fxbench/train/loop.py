@@ -97,7 +97,9 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
         groups.append({"params": no_decay, "weight_decay": 0.0})
     if cfg.optim.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
-    fused = device.type == "cuda"
+    # Fused AdamW on CUDA and CPU: one kernel per step, and no per-parameter `step.item()`
+    # readback (the unfused path's host sync).
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused)
 
 
@@ -120,6 +122,45 @@ class Ema:
                 value.mul_(d).add_(src[key].detach(), alpha=1 - d)
             else:
                 value.copy_(src[key])
+
+
+class LossMeter:
+    """Training-loss statistics kept on the device; ``read`` is the one host sync.
+
+    ``add`` accumulates the epoch's loss sum and remembers the first non-finite loss (value and
+    step) with tensor ops only, so a diverging run is caught at the next ``read`` (every
+    ``train.log_every_steps`` and at epoch end) rather than by a per-step ``if``.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), device=device)
+        self.latest = torch.zeros((), device=device)
+        self.bad_step = torch.full((), -1, dtype=torch.float32, device=device)
+        self.bad_value = torch.zeros((), device=device)
+        self.count = 0
+        self.last = float("nan")
+        self.mean = float("nan")
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.float()
+        self.total += loss
+        self.latest = loss
+        first_bad = ~torch.isfinite(loss) & (self.bad_step < 0)
+        self.bad_step = torch.where(first_bad, float(step), self.bad_step)
+        self.bad_value = torch.where(first_bad, loss, self.bad_value)
+        self.count += 1
+
+    def read(self, epoch: int) -> None:
+        """Copy the statistics to the host (one sync); raise if any loss so far was not finite."""
+        total, latest, bad_step, bad_value = torch.stack(
+            [self.total, self.latest, self.bad_step, self.bad_value]).tolist()
+        if bad_step >= 0:
+            raise TrainingDivergedError(
+                f"loss became {bad_value} at epoch {epoch}, step {int(bad_step) + 1}",
+                "lower optim.lr, set optim.grad_clip_norm=1.0, or use runtime.amp=bf16 instead of fp16",
+            )
+        self.last = latest
+        self.mean = total / max(self.count, 1)
 
 
 # ------------------------------------------------------------------ the trainer
@@ -148,14 +189,19 @@ class Trainer:
         cfg = self.cfg
         if cfg.runtime.num_threads:
             torch.set_num_threads(cfg.runtime.num_threads)
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and cfg.runtime.device != "cpu" else "gloo"
-            torch.distributed.init_process_group(backend)
         self.device = pick_device(cfg.runtime.device)
-        if self.device.type == "cuda" and self.world > 1:
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            self.device = torch.device("cuda", local)
+        if self.world > 1:
+            # Order matters on NCCL: bind this process to its GPU first, then create the group
+            # on it (otherwise every rank's first collective lands on cuda:0).
+            if self.device.type == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(local)
+                self.device = torch.device("cuda", local)
+            if not torch.distributed.is_initialized():
+                if self.device.type == "cuda":
+                    torch.distributed.init_process_group("nccl", device_id=self.device)
+                else:
+                    torch.distributed.init_process_group("gloo")
         self.amp = pick_amp(cfg.runtime.amp, self.device)
         torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark and not cfg.runtime.deterministic
         if cfg.runtime.deterministic:
@@ -177,6 +223,7 @@ class Trainer:
         mask_row = np.full(len(train), -1, dtype=np.int64)
         mask_row[pos_rows] = np.arange(len(pos_rows))
         self.mask_row = torch.from_numpy(mask_row).to(self.device)
+        self.train_positive = torch.from_numpy(train.labels > 0).to(self.device)
         self.train_masks_pos = train.masks[torch.from_numpy(pos_rows)].to(self.device)
         self.train_images = train.images.to(self.device)
         train.masks = torch.empty((0, 1, 1, 1), dtype=torch.uint8)  # no longer needed in full
@@ -345,7 +392,8 @@ class Trainer:
                 if cfg.sampler.hard_negative_mining and epoch < cfg.train.epochs:
                     self._mine_hard_negatives()
                 if self.rank == 0:
-                    save_checkpoint(ckpt_dir / "last.pt", self._state(epoch + 1, 0, best, gen))
+                    if epoch % cfg.train.last_every_epochs == 0 or epoch == cfg.train.epochs:
+                        save_checkpoint(ckpt_dir / "last.pt", self._state(epoch + 1, 0, best, gen))
                     write_csv_atomic(run_dir / "history.csv", history, HISTORY_FIELDS)
                 patience = cfg.train.early_stopping_patience
                 if patience and best["stale"] >= patience:
@@ -361,65 +409,78 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, first: int, gen: torch.Generator, best: dict[str, Any],
                      ckpt_dir: Path) -> dict[str, Any] | None:
-        from fxbench.models.inference import autocast_ctx
-        from fxbench.train.samplers import crop_patches, shard
+        from fxbench.train.samplers import shard
 
         cfg = self.cfg
         bs = cfg.train.batch_size
         idx_all = self.sampler.epoch_indices(epoch)
         if self.world > 1:
             idx_all = shard(idx_all, self.rank, self.world)
+        # The epoch's indices travel to the device once (pinned, non-blocking); steps slice them there.
+        idx_host = torch.from_numpy(np.ascontiguousarray(idx_all[: self.steps_per_epoch * bs]))
+        if self.device.type == "cuda":
+            idx_host = idx_host.pin_memory()
+        idx_epoch = idx_host.to(self.device, non_blocking=True)
         self.ddp_model.train()
         pw = self.loss_fn.presence_weight_at(epoch)
-        losses: list[float] = []
-        t0, seen = time.perf_counter(), 0
+        meter = LossMeter(self.device)
+        t0, seen, lr = time.perf_counter(), 0, 0.0
         for step in range(first, self.steps_per_epoch):
             if self.stop_requested:
                 if self.rank == 0:
                     save_checkpoint(ckpt_dir / "last.pt", self._state(epoch, step, best, gen))
                 return None
-            idx = torch.from_numpy(idx_all[step * bs : (step + 1) * bs])
-            dev_idx = idx.to(self.device, non_blocking=True)
-            x = self.train_images.index_select(0, dev_idx).float().div_(255.0)
-            y = self._gather_masks(dev_idx, x.shape)
-            positive = torch.from_numpy(self.train_labels[idx.numpy()] > 0).to(self.device)
-            if cfg.sampler.patch.enabled:
-                x, y = crop_patches(x, y, positive, cfg.sampler.patch, gen)
-            if self.augmenter is not None:
-                x, y = self.augmenter(x, y, positive, gen)
-            if cfg.runtime.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             lr = cfg.optim.lr * lr_factor(self.global_step, self.total_steps, self.steps_per_epoch, cfg)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.zero_grad(set_to_none=True)
-            with autocast_ctx(self.device, self.amp):
-                logits, pres = self.forward_model(x)
-            loss, _parts = self.loss_fn(logits, y, pres, epoch)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1}",
-                    "lower optim.lr, set optim.grad_clip_norm=1.0, or use runtime.amp=bf16 instead of fp16",
-                )
-            self.scaler.scale(loss).backward()
-            if cfg.optim.grad_clip_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.ema is not None:
-                self.ema.update(self.model)
+            loss = self._step(idx_epoch[step * bs : (step + 1) * bs], epoch, gen, lr)
+            meter.add(loss, step)
             self.global_step += 1
-            losses.append(float(loss.detach()))
-            seen += x.shape[0] * self.world
+            seen += bs * self.world
+            if (step + 1 - first) % cfg.train.log_every_steps == 0 or step + 1 == self.steps_per_epoch:
+                meter.read(epoch)  # the only host sync of the loop: every N steps and at epoch end
             ips = seen / max(time.perf_counter() - t0, 1e-9)
-            self.on_progress(Progress(epoch, cfg.train.epochs, step + 1, self.steps_per_epoch, losses[-1], lr, ips))
+            self.on_progress(Progress(epoch, cfg.train.epochs, step + 1, self.steps_per_epoch, meter.last, lr, ips))
         secs = time.perf_counter() - t0
         return {
-            "epoch": epoch, "step": self.global_step, "lr": lr if losses else 0.0,
-            "train_loss": float(np.mean(losses)) if losses else float("nan"), "presence_weight": pw,
+            "epoch": epoch, "step": self.global_step, "lr": lr,
+            "train_loss": meter.mean, "presence_weight": pw,
             "seconds": round(secs, 3), "img_per_s": round(seen / max(secs, 1e-9), 2),
         }
+
+    def _step(self, dev_idx: torch.Tensor, epoch: int, gen: torch.Generator, lr: float) -> torch.Tensor:
+        """One optimizer step on train rows ``dev_idx`` (on the device); returns the detached loss.
+
+        Nothing here waits for the device: indices, masks, labels and augmentation parameters
+        are on it, the loss and its parts stay there (``LossMeter`` reads them back every
+        ``train.log_every_steps``), and no Python branch depends on a device value.
+        """
+        from fxbench.models.inference import autocast_ctx
+        from fxbench.train.samplers import crop_patches
+
+        cfg = self.cfg
+        x = self.train_images.index_select(0, dev_idx).float().div_(255.0)
+        y = self._gather_masks(dev_idx, x.shape)
+        positive = self.train_positive.index_select(0, dev_idx)
+        if cfg.sampler.patch.enabled:
+            x, y = crop_patches(x, y, positive, cfg.sampler.patch, gen)
+        if self.augmenter is not None:
+            x, y = self.augmenter(x, y, positive, gen)
+        if cfg.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_ctx(self.device, self.amp):
+            logits, pres = self.forward_model(x)
+        loss, _parts = self.loss_fn(logits, y, pres, epoch)
+        self.scaler.scale(loss).backward()
+        if cfg.optim.grad_clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss.detach()
 
     def _gather_masks(self, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Float masks [B,1,H,W] for train rows ``idx``: zeros, filled in for positive images."""
@@ -522,7 +583,8 @@ class Trainer:
         if self.rank == 0:
             update_run_json(self.run_dir, **summary)
         if self.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+            on_gpu = self.device.type == "cuda"
+            torch.distributed.barrier(device_ids=[self.device.index] if on_gpu else None)
         return {**summary, "run_dir": str(self.run_dir)}
 
 

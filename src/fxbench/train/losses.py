@@ -41,13 +41,16 @@ def _per_image_mean(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Te
     return (values * keep).sum() / keep.sum().clamp_min(1)
 
 
+def _pos_weight(logits: torch.Tensor, pos_weight: float | None) -> torch.Tensor | None:
+    """``pos_weight`` as a device scalar, made by a fill (no host-to-device copy, no sync)."""
+    if pos_weight is None:
+        return None
+    return torch.full((), pos_weight, device=logits.device, dtype=logits.dtype)
+
+
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float | None) -> torch.Tensor:
     """Mean pixel BCE-with-logits; ``pos_weight`` scales the positive-pixel term."""
-    weight = (
-        None
-        if pos_weight is None
-        else torch.tensor(pos_weight, device=logits.device, dtype=logits.dtype)
-    )
+    weight = _pos_weight(logits, pos_weight)
     return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
 
 
@@ -68,11 +71,7 @@ def focal_bce_loss(
     pos_weight: float | None,
 ) -> torch.Tensor:
     """Mean pixel focal BCE (Lin et al.) with the seed's optional pos_weight and alpha balancing."""
-    weight = (
-        None
-        if pos_weight is None
-        else torch.tensor(pos_weight, device=logits.device, dtype=logits.dtype)
-    )
+    weight = _pos_weight(logits, pos_weight)
     bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight, reduction="none")
     p = torch.sigmoid(logits)
     p_t = p * target + (1 - p) * (1 - target)
@@ -173,14 +172,15 @@ class SegmentationLoss:
         presence_logit: torch.Tensor | None = None,
         epoch: int = 1,
         *,
-        detailed: bool = True,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+        detailed: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         """Total loss and its parts.
 
-        ``parts`` (floats, when ``detailed``): each active term (``bce``, ``dice``, ``focal``,
-        ``tversky``, ``presence``) unweighted, ``seg`` (weighted pixel sum), ``presence_weight``
-        and ``total``. They are read back in one device sync; pass ``detailed=False`` to skip it
-        (``parts`` is then empty).
+        ``parts``: each active term (``bce``, ``dice``, ``focal``, ``tversky``, ``presence``)
+        unweighted, ``seg`` (weighted pixel sum), ``total`` and ``presence_weight`` (a float).
+        By default the terms stay detached 0-d tensors on the loss's device (no host sync: the
+        training step never waits for the GPU); ``detailed=True`` reads them back as floats in
+        one sync (tests, diagnostics; see ``parts_to_floats``).
         """
         cfg = self.cfg
         logits = mask_logits.float()
@@ -219,10 +219,15 @@ class SegmentationLoss:
             image_target = smooth_labels((target.amax(dim=(1, 2, 3)) > 0).float(), cfg.presence_label_smoothing)
             terms["presence"] = F.binary_cross_entropy_with_logits(image_logit, image_target)
             total = total + weight * terms["presence"]
-        if not detailed:
-            return total, {}
-        names = [*terms, "seg", "total"]
-        values = torch.stack([*terms.values(), seg, total]).detach().cpu().tolist()
-        parts = {name: float(v) for name, v in zip(names, values, strict=True)}
+        parts: dict[str, float | torch.Tensor] = {
+            name: v.detach() for name, v in {**terms, "seg": seg, "total": total}.items()
+        }
         parts["presence_weight"] = float(weight)
-        return total, parts
+        return total, parts_to_floats(parts) if detailed else parts
+
+
+def parts_to_floats(parts: dict[str, float | torch.Tensor]) -> dict[str, float | torch.Tensor]:
+    """The loss parts as floats, read back from the device in one sync."""
+    names = [k for k, v in parts.items() if isinstance(v, torch.Tensor)]
+    values = torch.stack([parts[k] for k in names]).cpu().tolist() if names else []  # type: ignore[misc]
+    return {**parts, **{k: float(v) for k, v in zip(names, values, strict=True)}}

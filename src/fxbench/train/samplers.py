@@ -250,7 +250,7 @@ def crop_patches(
     use_fracture = positive.to(device).bool() & fr_ok & (coins[:, 0] < cfg.positive_prob)
     want_hard = (~use_fracture) & (coins[:, 1] < cfg.hard_negative_prob)
     centre = (coins[:, 2] * (h * w)).long().clamp_max(h * w - 1)  # uniform pixel
-    if cfg.hard_negative_prob > 0 and bool(want_hard.any()):
+    if cfg.hard_negative_prob > 0:  # computed for every batch: `if want_hard.any()` would sync
         hn_idx, hn_ok = _pick_pixel(
             hard_negative_candidates(images, masks, cfg.hard_negative_quantile), scores[:, 1]
         )
