@@ -108,3 +108,29 @@ def test_rerun_without_cache_size_keeps_the_folder_caches(tmp_path: Path, synth_
     assert {k: v["format"] for k, v in report["caches"].items()} == {"32": "jpeg"}
     assert report["caches"]["32"]["sha256"] == sha  # rebuilt byte-identical
     assert sorted(report["rebuilt"]) == ["cache/32.npz", "masks"]
+
+
+def test_prepare_jpeg_quality_option(tmp_path: Path) -> None:
+    """--jpeg-quality: recorded per cache, smaller at lower quality, kept on a plain re-run,
+    rebuilt when another quality is asked for, refused out of range."""
+    arch = tmp_path / "arch"
+    assert runner.invoke(app, ["synth", str(arch), "--n-images", "12", "--seed", "1", "--scale", "0.15"]).exit_code == 0
+    base = ["prepare", "--archive", str(arch), "--split-mode", "seed", "--cache-size", "64", "--cache-format", "jpeg",
+            "--workers", "1"]
+    sizes = {}
+    for quality in (95, 60):
+        out = tmp_path / f"q{quality}"
+        res = runner.invoke(app, [*base, "--out", str(out), "--jpeg-quality", str(quality)])
+        assert res.exit_code == 0, res.output
+        cache = json.loads((out / "prepare_report.json").read_text())["caches"]["64"]
+        assert cache["jpeg_quality"] == quality
+        sizes[quality] = cache["bytes"]
+    assert sizes[60] < sizes[95]
+    q60 = tmp_path / "q60"
+    again = runner.invoke(app, [*base, "--out", str(q60)])  # no --jpeg-quality: the cache stays as it is
+    assert again.exit_code == 0 and "up to date" in again.output
+    other = runner.invoke(app, [*base, "--out", str(q60), "--jpeg-quality", "85"])
+    assert other.exit_code == 0, other.output
+    assert json.loads((q60 / "prepare_report.json").read_text())["caches"]["64"]["jpeg_quality"] == 85
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--jpeg-quality", "0"])
+    assert bad.exit_code == 2 and not (tmp_path / "bad").exists()

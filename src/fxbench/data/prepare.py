@@ -32,6 +32,7 @@ from fxbench.data.boxes import BOXES_FILE, boxes_document, boxes_summary, image_
 from fxbench.data.cache import (
     CACHE_FORMATS,
     GEOMETRIES,
+    JPEG_QUALITY,
     CacheWriter,
     all_caches,
     cache_key,
@@ -140,11 +141,12 @@ def build_plan(layout: Layout) -> list[ImagePlan]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: DatasetSource, caches: tuple[tuple[str, str], ...], masks_dir: str | None) -> None:
+def _init_worker(source: DatasetSource, caches: tuple[tuple[str, str], ...], masks_dir: str | None,
+                 jpeg_quality: int = JPEG_QUALITY) -> None:
     """Per-process state: the source, the caches to fill ((key, format), ...; key as
     :func:`fxbench.data.cache.cache_key`), the masks folder."""
     _WORKER.clear()
-    _WORKER.update(source=source, caches=caches, masks_dir=masks_dir)
+    _WORKER.update(source=source, caches=caches, masks_dir=masks_dir, jpeg_quality=jpeg_quality)
 
 
 def _process(task: tuple[str, str, list[list[Polygon]]]) -> dict[str, Any]:
@@ -186,7 +188,7 @@ def _process_unsafe(image_id: str, rel: str, fractures: list[list[Polygon]]) -> 
         if fmt == "raw":
             caches[key] = (img.tobytes(), zlib.compress(m.tobytes(), 1), box)
         else:
-            caches[key] = (encode_jpeg(img), encode_png_mask(m), box)
+            caches[key] = (encode_jpeg(img, _WORKER["jpeg_quality"]), encode_png_mask(m), box)
     return {
         "image_id": image_id, "error": None, "warnings": warnings,
         "width": width, "height": height, "orientation": dec.orientation, "truncated": dec.truncated,
@@ -238,6 +240,7 @@ def _decode_pass(
     write_masks: bool,
     workers: int,
     progress: Progress | None,
+    jpeg_quality: int = JPEG_QUALITY,
 ) -> tuple[dict[str, dict[str, Any]], Path | None, dict[str, Path]]:
     """Decode every planned image once, filling the caches ``requests`` ({cache key: format}).
 
@@ -258,7 +261,7 @@ def _decode_pass(
             tmp_caches[key] = Path(name)
             writers[key] = CacheWriter(name, ids, size, fmt, geometry)
         tasks = [(p.image_id, p.relpath, p.fractures) for p in plans]
-        init_args = (layout.source, tuple(requests.items()), str(masks_tmp) if masks_tmp else None)
+        init_args = (layout.source, tuple(requests.items()), str(masks_tmp) if masks_tmp else None, jpeg_quality)
         blank = _blank_payloads(requests)
         for done, res in enumerate(_results(tasks, init_args, workers), start=1):
             caches = res.pop("caches", None) or blank
@@ -343,12 +346,16 @@ def _file_stamp(path: Path) -> dict[str, int]:
     return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _cache_valid(out: Path, state: dict[str, Any] | None, fingerprint: str, key: str, fmt: str) -> bool:
+def _cache_valid(out: Path, state: dict[str, Any] | None, fingerprint: str, key: str, fmt: str,
+                 jpeg_quality: int | None = None) -> bool:
+    """Whether cache ``key`` is up to date; ``jpeg_quality`` None accepts a jpeg cache of any quality."""
     if not state:
         return False
     entry = state.get("caches", {}).get(key)
     path = out / "cache" / f"{key}.npz"
     if not entry or not path.is_file() or entry.get("fingerprint") != fingerprint or entry.get("format") != fmt:
+        return False
+    if fmt == "jpeg" and jpeg_quality is not None and entry.get("jpeg_quality", JPEG_QUALITY) != jpeg_quality:
         return False
     return _file_stamp(path) == {"bytes": entry.get("bytes"), "mtime_ns": entry.get("mtime_ns")}
 
@@ -517,6 +524,7 @@ def prepare(
     train_ratio: float = TRAIN_RATIO,
     val_ratio: float = VAL_RATIO,
     folds: int | None = None,
+    jpeg_quality: int | None = None,
 ) -> PrepareResult:
     """Prepare a FracAtlas-layout ``archive`` (zip or folder) into ``out``.
 
@@ -533,8 +541,13 @@ def prepare(
     recorded in the report. ``folds`` K (2..20) also assigns every image to one of K
     cross-validation folds (:mod:`fxbench.data.folds`: the manifest's ``fold`` column, the
     report's ``folds``).
+
+    ``jpeg_quality`` (1..100) of jpeg caches built now; None = 95, and an existing jpeg cache of
+    any quality counts as up to date. A given quality rebuilds jpeg caches made at another one.
     """
     sizes = _check_args(split_mode, cache_sizes, cache_format, seed)
+    if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
+        raise ConfigError(f"JPEG quality {jpeg_quality} is out of range", "use 1..100, e.g. --jpeg-quality 85")
     if resize not in GEOMETRIES:
         raise ConfigError(f"unknown resize {resize!r}", f"use one of {', '.join(GEOMETRIES)}")
     check_ratios(train_ratio, val_ratio)
@@ -555,7 +568,7 @@ def prepare(
     layout = read_layout(archive)
     try:
         return _prepare_layout(layout, out, split_mode, seed, sizes, cache_format, force, workers, progress, t0,
-                               resize, ratios, folds)
+                               resize, ratios, folds, jpeg_quality)
     finally:
         layout.source.close()
 
@@ -564,6 +577,7 @@ def _prepare_layout(
     layout: Layout, out: Path, split_mode: str, seed: int, sizes: tuple[int, ...] | None, fmt: str,
     force: bool, workers: int | None, progress: Progress | None, t0: float,
     resize: str = "letterbox", ratios: tuple[float, float] = (TRAIN_RATIO, VAL_RATIO), folds: int | None = None,
+    jpeg_quality: int | None = None,
 ) -> PrepareResult:
     fingerprint = sha256_bytes(f"{DATA_VERSION}\n{layout.source.fingerprint()}".encode())
     plans = build_plan(layout)
@@ -580,7 +594,8 @@ def _prepare_layout(
     records = (state or {}).get("records")
     need_masks = records is None or not _masks_complete(out, records)
     requests = _cache_requests(out, sizes, fmt, resize)
-    need = {s: f for s, f in requests.items() if not _cache_valid(out, state, fingerprint, s, f)}
+    need = {s: f for s, f in requests.items() if not _cache_valid(out, state, fingerprint, s, f, jpeg_quality)}
+    quality = JPEG_QUALITY if jpeg_quality is None else jpeg_quality
     params: dict[str, Any] = {"split_mode": split_mode, "seed": seed}
     if ratios != (TRAIN_RATIO, VAL_RATIO):  # only then: folders prepared before the option stay up to date
         params["ratios"] = list(ratios)
@@ -599,7 +614,8 @@ def _prepare_layout(
     t1 = time.perf_counter()
     n_workers = max(1, min(workers if workers is not None else (os.cpu_count() or 1), len(plans)))
     if need_masks or need:
-        records, masks_tmp, tmp_caches = _decode_pass(layout, plans, out, need, need_masks, n_workers, progress)
+        records, masks_tmp, tmp_caches = _decode_pass(layout, plans, out, need, need_masks, n_workers, progress,
+                                                      quality)
         if masks_tmp:
             _swap_in_masks(out, masks_tmp)
             rebuilt.append("masks")
@@ -609,6 +625,8 @@ def _prepare_layout(
             os.replace(tmp, final)
             cache_state[key] = {"format": need[key], "geometry": _parse_key(key)[1], "fingerprint": fingerprint,
                                 "sha256": sha256_file(final), **_file_stamp(final)}
+            if need[key] == "jpeg":
+                cache_state[key]["jpeg_quality"] = quality
             rebuilt.append(f"cache/{key}.npz")
     assert records is not None
     t_decode = time.perf_counter() - t1
