@@ -6,14 +6,23 @@ For each model, on the same synthetic FracAtlas-like JPEGs (about 91% 373x454 / 
   (a) a seed-style loop: per sample, PIL decode of the full JPEG, RGB, resize to S, to tensor,
       batch 4, no workers (what the seed's trainer does);
   (b) fxbench's Trainer on the prepared in-memory cache (sampling, device augmentation, loss);
-  (c) the ceiling: the same model and loss on device-resident random tensors, no data path;
+  (c) the ceiling: the Trainer's own (compiled, when asked) model, loss and optimizer stepping
+      on device-resident tensors: no data path, no augmentation, no host sync;
 
-and inference images per second with and without hv TTA. Ratios b/a and b/c tell how much the
-data path costs. Numbers are wall-clock and depend on the machine: the JSON records it.
+and inference images per second with and without hv TTA (through the compiled model when
+``compile_``). Ratios b/a and b/c tell how much the data path costs; on CUDA, b and c are also
+given as a fraction of the H200 anchor's hand-written ceiling (docs/performance.md).
+
+Timing rules: every timed window is preceded by warm-up steps that run exactly what is timed
+(cuDNN autotuning with ``cudnn.benchmark``, channels_last, compiled graphs, the same shapes) and
+is bracketed by device synchronisations. Each model is compiled once per bench: the ceiling and
+the inference reuse the Trainer's compiled module. The synthetic data is made once per call
+(or once per ``work_dir`` when it is given and already holds it).
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import tempfile
 import time
@@ -24,6 +33,14 @@ from typing import Any
 
 import numpy as np
 import torch
+
+#: H200 anchor (shared/reference/perf_anchor.md): hand-written ceiling, train img/s at batch 32,
+#: bf16, channels_last, fused AdamW; (model, px) -> {eager, compile}; inference bf16 batch 32.
+ANCHOR_TRAIN = {
+    ("unet_dual", 256): {"eager": 1753.0, "compile": 3040.0},
+    ("deeplabv3_resnet50", 384): {"eager": 412.0, "compile": 587.0},
+}
+ANCHOR_INFER = {("unet_dual", 256): (5796.0, 1925.0), ("deeplabv3_resnet50", 384): (1455.0, 484.0)}
 
 
 @dataclass
@@ -52,7 +69,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _model_cfg(model: str, size: int, batch: int, steps: int, prepared: Path, device: str, amp: str,
-               compile_: bool):
+               compile_: bool, compile_backend: str = "inductor"):
     from fxbench.config import load_config
 
     sets = [f"data.prepared={prepared}", f"data.image_size={size}", f"model.name={model}",
@@ -60,7 +77,8 @@ def _model_cfg(model: str, size: int, batch: int, steps: int, prepared: Path, de
             # enough draws for `steps` full batches even when the train split is small
             f"sampler.epoch_size={steps * batch}",
             "eval.bootstrap=0", f"runtime.device={device}", f"runtime.amp={amp}",
-            f"runtime.compile={str(compile_).lower()}", "augment.rotate_prob=0.3"]
+            f"runtime.compile={str(compile_).lower()}", f"runtime.compile_backend={compile_backend}",
+            "augment.rotate_prob=0.3", "train.log_every_steps=1000"]
     if model == "unet_dual":
         sets.append("loss.presence_weight=0.35")
     return load_config(None, sets, environ={})
@@ -103,26 +121,22 @@ def seed_loop(cfg: Any, jpegs: list[Path], masks: list[Path], steps: int, warmup
     return _timed(step, steps, warmup, bs, device)
 
 
-def ceiling(cfg: Any, steps: int, warmup: int, device: torch.device, amp_dtype: torch.dtype | None) -> float:
-    """(c): same model, loss and optimizer on device-resident tensors; no data path at all."""
-    from fxbench.models import build_model
-    from fxbench.train.loop import build_optimizer
-    from fxbench.train.losses import SegmentationLoss
-
+def ceiling(trainer: Any, steps: int, warmup: int) -> float:
+    """(c): the Trainer's model (already compiled and warmed up), loss and optimizer on
+    device-resident tensors made once; no data path, no host sync inside the timed steps."""
+    cfg, device = trainer.cfg, trainer.device
     size, bs = cfg.data.image_size, cfg.train.batch_size
-    net = build_model(cfg.model, in_channels=1).to(device).train()
-    if cfg.runtime.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    fwd = torch.compile(net) if cfg.runtime.compile else net
-    opt = build_optimizer(net, cfg, device)
-    loss_fn = SegmentationLoss(cfg.loss)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.rand((bs, 1, size, size), generator=g).to(device)
-    y = (torch.rand((bs, 1, size, size), generator=g) > 0.99).float().to(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand((bs, 1, size, size), generator=g, device=device)
+    y = (torch.rand((bs, 1, size, size), generator=g, device=device) > 0.99).float()
     if cfg.runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    trainer.forward_model.train()
 
-    return _timed(lambda: _train_step(fwd, opt, loss_fn, x, y, device, amp_dtype), steps, warmup, bs, device)
+    def step() -> None:
+        _train_step(trainer.forward_model, trainer.optimizer, trainer.loss_fn, x, y, device, trainer.amp)
+
+    return _timed(step, steps, warmup, bs, device)
 
 
 def _train_step(fwd: Any, opt: Any, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, device: torch.device,
@@ -172,20 +186,24 @@ def fxbench_trainer(cfg: Any, run_dir: Path, warmup_steps: int) -> tuple[float, 
     return n / secs, trainer
 
 
-def inference(trainer: Any, tta: str, batch: int) -> float:
+def inference(trainer: Any, tta: str, batch: int, n_batches: int = 8) -> float:
+    """Inference img/s of ``predict_tensors`` through the Trainer's (compiled) model: full batches
+    only (no odd last batch, which would re-tune or recompile inside the window), two warm-up
+    batches with exactly the timed arguments."""
     from fxbench.models.inference import predict_tensors
 
     val = trainer.data.splits["val"]
-    reps = max(1, 256 // max(1, len(val)))
-    images = val.images.repeat(reps, 1, 1, 1)
-    boxes = np.tile(val.boxes, (reps, 1))
-    model = trainer.model
-    predict_tensors(model, images[:batch], boxes[:batch], tta=tta, batch_size=batch, device=trainer.device,
-                    amp_dtype=trainer.amp)  # warm-up
+    n = batch * n_batches
+    reps = -(-n // max(1, len(val)))
+    images = val.images.repeat(reps, 1, 1, 1)[:n].to(trainer.device)
+    boxes = np.tile(val.boxes, (reps, 1))[:n]
+    kw = {"tta": tta, "batch_size": batch, "device": trainer.device, "amp_dtype": trainer.amp,
+          "channels_last": trainer.cfg.runtime.channels_last}
+    model = trainer.forward_model
+    predict_tensors(model, images[: 2 * batch], boxes[: 2 * batch], **kw)  # warm-up
     _sync(trainer.device)
     t0 = time.perf_counter()
-    predict_tensors(model, images, boxes, tta=tta, batch_size=batch, device=trainer.device, amp_dtype=trainer.amp,
-                    channels_last=trainer.cfg.runtime.channels_last)
+    predict_tensors(model, images, boxes, **kw)
     _sync(trainer.device)
     return len(images) / (time.perf_counter() - t0)
 
@@ -202,6 +220,7 @@ def run_bench(
     compile_: bool = False,
     image_scale: float = 1.0,
     work_dir: Path | None = None,
+    compile_backend: str = "inductor",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the whole comparison; returns a JSON-able dict with rows and the machine description."""
@@ -213,40 +232,65 @@ def run_bench(
     amp_dtype = pick_amp(amp, dev)
     tmp = tempfile.TemporaryDirectory(prefix="fxbench-bench-") if work_dir is None else None
     root = Path(tmp.name) if tmp else Path(work_dir)  # type: ignore[arg-type]
+    timings: dict[str, float] = {}
     try:
-        log(f"synthesising {n_images} FracAtlas-like JPEGs (scale {image_scale}) ...")
-        archive = make_synthetic_archive(root / "archive", n_images=n_images, seed=0, scale=image_scale,
-                                         large_fraction=0.09, positive_fraction=0.2)
+        t0 = time.perf_counter()
+        tag = f"n{n_images}-s{image_scale:g}"
+        archive = root / f"archive-{tag}"
+        if not (archive / "FracAtlas").is_dir():  # once per work_dir: a second bench call reuses it
+            log(f"synthesising {n_images} FracAtlas-like JPEGs (scale {image_scale}) ...")
+            make_synthetic_archive(archive, n_images=n_images, seed=0, scale=image_scale, large_fraction=0.09,
+                                   positive_fraction=0.2, overwrite=True)
         sizes = sorted({s for _, s in models})
-        prep = root / "prepared"
-        prepare(archive, prep, split_mode="grouped", seed=42, cache_sizes=tuple(sizes), cache_format="raw")
+        prep = root / f"prepared-{tag}"
+        # Worker processes pay off only for many images (each spawned worker imports numpy and PIL).
+        prepare(archive, prep, split_mode="grouped", seed=42, cache_sizes=tuple(sizes), cache_format="raw",
+                workers=max(1, min(os.cpu_count() or 1, n_images // 32)))
         jpegs, masks = _seed_files(archive, prep)
+        timings["data"] = round(time.perf_counter() - t0, 2)
+        torch.backends.cudnn.benchmark = True  # as the Trainer sets it; warm-ups absorb the autotuning
         rows = []
         for model, size in models:
-            cfg = _model_cfg(model, size, batch, steps + warmup, prep, device, amp, compile_)
+            t1 = time.perf_counter()
+            cfg = _model_cfg(model, size, batch, steps + warmup, prep, device, amp, compile_, compile_backend)
             log(f"{model} @ {size}px: seed-style loop ...")
-            a = seed_loop(cfg, jpegs, masks, seed_steps, 1, dev, amp_dtype)
+            a = seed_loop(cfg, jpegs, masks, seed_steps, max(1, warmup), dev, amp_dtype)
             log(f"{model} @ {size}px: fxbench trainer ...")
-            b, trainer = fxbench_trainer(cfg, root / f"run-{model}-{size}", warmup)
-            log(f"{model} @ {size}px: bare model ceiling ...")
-            c = ceiling(cfg, steps, warmup, dev, amp_dtype)
+            b, trainer = fxbench_trainer(cfg, root / f"run-{model}-{size}-{'c' if compile_ else 'e'}", warmup)
+            log(f"{model} @ {size}px: ceiling (the trainer's model, loss and optimizer on device tensors) ...")
+            c = ceiling(trainer, steps, warmup)
             log(f"{model} @ {size}px: inference ...")
-            inf = inference(trainer, "none", batch)
-            inf_hv = inference(trainer, "hv", batch)
+            inf = inference(trainer, "none", batch, max(2, steps // 2))
+            inf_hv = inference(trainer, "hv", batch, max(2, steps // 2))
             rows.append(BenchRow(model, size, batch, round(a, 2), round(b, 2), round(c, 2), round(inf, 2),
                                  round(inf_hv, 2)))
+            timings[f"{model}:{size}"] = round(time.perf_counter() - t1, 2)
     finally:
         if tmp:
             tmp.cleanup()
     machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                "device": str(dev), "threads": torch.get_num_threads(),
                "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
-               "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "none", "compile": compile_}
+               "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "none", "compile": compile_,
+               "compile_backend": compile_backend if compile_ else None}
     return {
         "machine": machine, "n_images": n_images, "image_scale": image_scale, "steps": steps,
-        "seed_steps": seed_steps, "rows": [{**asdict(r), "b_over_a": round(r.b_over_a, 3),
-                                            "b_over_c": round(r.b_over_c, 3)} for r in rows],
+        "seed_steps": seed_steps, "warmup": warmup, "seconds": timings,
+        "rows": [_row_json(r, dev.type == "cuda", compile_) for r in rows],
     }
+
+
+def _row_json(r: BenchRow, cuda: bool, compiled: bool) -> dict[str, Any]:
+    """A row with its ratios: b/a, b/c and, on CUDA, b and c over the H200 anchor's ceiling."""
+    out: dict[str, Any] = {**asdict(r), "b_over_a": round(r.b_over_a, 3), "b_over_c": round(r.b_over_c, 3)}
+    anchor = ANCHOR_TRAIN.get((r.model, r.image_size))
+    if cuda and anchor:
+        ref = anchor["compile" if compiled else "eager"]
+        out.update(anchor_ceiling=ref, b_over_anchor=round(r.fxbench / ref, 3), c_over_anchor=round(r.ceiling / ref, 3))
+    infer = ANCHOR_INFER.get((r.model, r.image_size))
+    if cuda and infer:
+        out.update(infer_over_anchor=round(r.infer / infer[0], 3), infer_hv_over_anchor=round(r.infer_hv / infer[1], 3))
+    return out
 
 
 def _seed_files(archive: Path, prepared: Path) -> tuple[list[Path], list[Path]]:

@@ -272,6 +272,9 @@ class RuntimeConfig(_Section):
     amp: Literal["auto", "bf16", "fp16", "none"] = Field("auto", description="auto = bf16 on CUDA if supported, else none.")
     channels_last: bool = True
     compile: bool = False
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile backend; eager/aot_eager only trace (CPU emulation of the GPU run)."
+    )
     cudnn_benchmark: bool = True
     deterministic: bool = Field(False, description="torch deterministic algorithms (slower on CUDA).")
     num_threads: int | None = Field(None, ge=1)

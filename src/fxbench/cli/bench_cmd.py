@@ -34,6 +34,8 @@ def bench(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model in (b) and (c)."),
     image_scale: float = typer.Option(1.0, "--image-scale", help="Scale the synthetic image sizes (1.0 = FracAtlas sizes)."),
     out: Path = typer.Option(Path("bench.json"), "--out", help="Where to write the JSON result."),
+    work_dir: Path | None = typer.Option(None, "--work-dir", help="Keep the synthetic data and runs here; a later bench with the same --n-images/--image-scale reuses the data."),
+    compile_backend: str = typer.Option("inductor", "--compile-backend", help="torch.compile backend with --compile: inductor, aot_eager or eager."),
 ) -> None:
     """Measure training/inference img/s: (a) seed-style loop, (b) fxbench, (c) bare-model ceiling."""
     from rich.table import Table
@@ -43,16 +45,22 @@ def bench(
 
     result = run_bench(_parse_models(models), n_images=n_images, batch=batch, steps=steps, seed_steps=seed_steps,
                        warmup=warmup, device=device, amp=amp, compile_=compile_, image_scale=image_scale,
+                       work_dir=work_dir, compile_backend=compile_backend,
                        log=lambda m: console.print(m, markup=False))
     write_json_atomic(out, result)
     m = result["machine"]
     table = Table(title=f"train / infer img/s on {m['gpu'] or m['device']} ({m['threads']} threads, amp {m['amp']})")
-    for col in ("model", "px", "batch", "(a) seed loop", "(b) fxbench", "(c) ceiling", "b/a", "b/c", "infer", "infer hv"):
-        table.add_column(col, justify="right")
+    for col in ("model", "px", "batch", "(a) seed loop", "(b) fxbench", "(c) ceiling", "b/a", "b/c", "b/anchor",
+                "c/anchor", "infer", "infer hv"):
+        table.add_column(col, justify="right", no_wrap=True)
+
+    def ratio(r: dict, key: str) -> str:
+        return f"{r[key]:.2f}" if key in r else "-"
+
     for r in result["rows"]:
         table.add_row(r["model"], str(r["image_size"]), str(r["batch"]), f"{r['seed_loop']:.1f}", f"{r['fxbench']:.1f}",
-                      f"{r['ceiling']:.1f}", f"{r['b_over_a']:.2f}", f"{r['b_over_c']:.2f}", f"{r['infer']:.1f}",
-                      f"{r['infer_hv']:.1f}")
+                      f"{r['ceiling']:.1f}", f"{r['b_over_a']:.2f}", f"{r['b_over_c']:.2f}", ratio(r, "b_over_anchor"),
+                      ratio(r, "c_over_anchor"), f"{r['infer']:.1f}", f"{r['infer_hv']:.1f}")
     from fxbench.cli.common import out as stdout
 
     stdout.print(table)

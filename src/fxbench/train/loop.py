@@ -246,7 +246,9 @@ class Trainer:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if on_gpu else None
             )
-        self.forward_model = torch.compile(self.ddp_model) if cfg.runtime.compile else self.ddp_model
+        self.forward_model = (
+            torch.compile(self.ddp_model, backend=cfg.runtime.compile_backend) if cfg.runtime.compile else self.ddp_model
+        )
 
         self.loss_fn = SegmentationLoss(cfg.loss)
         self.augmenter = Augmenter(cfg.augment) if cfg.augment.enabled else None
