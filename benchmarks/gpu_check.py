@@ -186,7 +186,13 @@ class Driver:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return {}
+            pass
+        if name.startswith("bench_") and (self.out / f"{name}.json").is_file():  # rows written before a kill
+            try:
+                return _bench_numbers(json.loads((self.out / f"{name}.json").read_text(encoding="utf-8")))
+            except ValueError:
+                return {}
+        return {}
 
 
 def _children_cpu() -> float:
@@ -293,11 +299,14 @@ def _bench(out: Path, work: Path, emulate: bool, name: str, extra: list[str]) ->
     args = ["bench", *(EMULATE_BENCH if emulate else DEVICE_BENCH), *extra, "--work-dir", str(work / "bench"),
             "--out", str(out / f"{name}.json")]
     _fx(*args)
-    result = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
+    _numbers(work, name, _bench_numbers(json.loads((out / f"{name}.json").read_text(encoding="utf-8"))))
+
+
+def _bench_numbers(result: dict[str, Any]) -> dict[str, Any]:
     keep = ("model", "image_size", "seed_loop", "fxbench", "ceiling", "b_over_a", "b_over_c", "b_over_anchor",
             "c_over_anchor", "infer", "infer_hv")
-    _numbers(work, name, {"rows": [{k: r[k] for k in keep if k in r} for r in result["rows"]],
-                          "seconds": result.get("seconds"), "gpu": result["machine"].get("gpu")})
+    return {"rows": [{k: r[k] for k in keep if k in r} for r in result["rows"]], "seconds": result.get("seconds"),
+            "gpu": result["machine"].get("gpu")}
 
 
 def phase_bench_eager(out: Path, work: Path, emulate: bool) -> None:
@@ -326,28 +335,34 @@ def phase_seed(out: Path, work: Path, emulate: bool, seed: int) -> None:
     t = time.monotonic()
     _fx("train", "-c", str(ROOT / "examples" / "fxbench_best.yaml"), "--quiet", "--run-dir", str(run),
         "--set", f"train.seed={seed}", *sets)
-    train_s = time.monotonic() - t
-    numbers: dict[str, Any] = {"seed": seed, "train_s": round(train_s, 1)}
+    numbers: dict[str, Any] = {"seed": seed, "train_s": round(time.monotonic() - t, 1)}
     history = run / "history.csv"
     if history.is_file():
         import csv
 
         with open(history, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
-        numbers.update(epochs=len(rows), img_per_s=[float(r["img_per_s"]) for r in rows][-3:])
+        numbers.update(epochs=len(rows), img_per_s=[float(r["img_per_s"]) for r in rows][-3:],
+                       best_val=max((float(r["selection"]) for r in rows if r.get("selection")), default=None))
+
+    def save(stage: str) -> None:  # after each step: a kill later in the phase keeps what is done
+        numbers.update(stage=stage, seconds=round(time.monotonic() - t, 1))
+        _numbers(work, f"seed_{seed}", numbers)
+        seeds_file = out / "seeds.json"
+        seeds = json.loads(seeds_file.read_text(encoding="utf-8")) if seeds_file.is_file() else {}
+        seeds[str(seed)] = numbers
+        tmp = out / ".seeds.json.tmp"
+        tmp.write_text(json.dumps(seeds, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, seeds_file)
+
+    save("trained")
     _fx("eval", str(run), "--split", "val")
     numbers["val"] = _metrics(run / "metrics" / "val.json")
+    save("val")
     _fx("tune", str(run))
     _fx("eval", str(run), "--split", "test", "--decision", str(run / "decision.json"))
     numbers["test"] = _metrics(run / "metrics" / "test.json")
-    numbers["seconds"] = round(time.monotonic() - t, 1)
-    _numbers(work, f"seed_{seed}", numbers)
-    seeds_file = out / "seeds.json"
-    seeds = json.loads(seeds_file.read_text(encoding="utf-8")) if seeds_file.is_file() else {}
-    seeds[str(seed)] = numbers
-    tmp = out / ".seeds.json.tmp"
-    tmp.write_text(json.dumps(seeds, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, seeds_file)
+    save("test")
     print(json.dumps(numbers))
 
 

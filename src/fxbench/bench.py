@@ -222,8 +222,13 @@ def run_bench(
     work_dir: Path | None = None,
     compile_backend: str = "inductor",
     log: Callable[[str], None] = print,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole comparison; returns a JSON-able dict with rows and the machine description."""
+    """Run the whole comparison; returns a JSON-able dict with rows and the machine description.
+
+    ``on_row`` receives the partial result after each model (write it out: a run killed at a
+    time limit then keeps the rows it finished).
+    """
     from fxbench.data.prepare import prepare
     from fxbench.data.synthetic import make_synthetic_archive
     from fxbench.runtime import pick_amp, pick_device
@@ -265,9 +270,19 @@ def run_bench(
             rows.append(BenchRow(model, size, batch, round(a, 2), round(b, 2), round(c, 2), round(inf, 2),
                                  round(inf_hv, 2)))
             timings[f"{model}:{size}"] = round(time.perf_counter() - t1, 2)
+            if on_row:
+                on_row(_result(rows, dev, amp_dtype, compile_, compile_backend, timings, n_images, image_scale, steps,
+                               seed_steps, warmup))
     finally:
         if tmp:
             tmp.cleanup()
+    return _result(rows, dev, amp_dtype, compile_, compile_backend, timings, n_images, image_scale, steps, seed_steps,
+                   warmup)
+
+
+def _result(rows: list[BenchRow], dev: torch.device, amp_dtype: torch.dtype | None, compile_: bool,
+            compile_backend: str, timings: dict[str, float], n_images: int, image_scale: float, steps: int,
+            seed_steps: int, warmup: int) -> dict[str, Any]:
     machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                "device": str(dev), "threads": torch.get_num_threads(),
                "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,

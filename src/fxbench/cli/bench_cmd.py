@@ -46,7 +46,7 @@ def bench(
     result = run_bench(_parse_models(models), n_images=n_images, batch=batch, steps=steps, seed_steps=seed_steps,
                        warmup=warmup, device=device, amp=amp, compile_=compile_, image_scale=image_scale,
                        work_dir=work_dir, compile_backend=compile_backend,
-                       log=lambda m: console.print(m, markup=False))
+                       log=lambda m: console.print(m, markup=False), on_row=lambda r: write_json_atomic(out, r))
     write_json_atomic(out, result)
     m = result["machine"]
     table = Table(title=f"train / infer img/s on {m['gpu'] or m['device']} ({m['threads']} threads, amp {m['amp']})")
