@@ -13,7 +13,8 @@
 2. ``.realcache/prepared/``: a compact real prepared folder for the best recipe's resolution
    (``examples/fxbench_best.yaml``: 384 px): ``fxbench prepare --split-mode seed --cache-size
    384 --cache-format jpeg --jpeg-quality 85`` into a full folder outside the repo
-   (``--work``), then only manifest.csv, prepare_report.json and cache/384.npz are copied in.
+   (``--work``), then only manifest.csv, prepare_report.json, boxes.json and cache/384.npz are
+   copied in (no native masks: eval scores at cache resolution, boxes from boxes.json).
 3. The total that would travel: the tracked tree, untracked files git does not ignore, and the
    carried paths. Exit status 1 when it is above ``--limit-mib`` (60; the device takes 64).
 
@@ -42,7 +43,7 @@ MISSING_ON_DEVICE = ("pydantic", "pydantic-core", "annotated-types", "typing-ins
 WHEELS = (*MISSING_ON_DEVICE, "typing-extensions", "typer")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
-COMPACT = ("manifest.csv", "prepare_report.json")
+COMPACT = ("manifest.csv", "prepare_report.json", "boxes.json")  # boxes.json: box metrics in eval
 MIB = 2**20
 
 
@@ -134,7 +135,8 @@ def build_real(archive: Path, work: Path, dest: Path, size: int, quality: int) -
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "cache").mkdir(parents=True)
     for name in COMPACT:
-        shutil.copy2(work / name, tmp / name)
+        if (work / name).is_file():
+            shutil.copy2(work / name, tmp / name)
     shutil.copy2(work / "cache" / f"{size}.npz", tmp / "cache" / f"{size}.npz")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ["install", "data", "bench_eager", "seed_0", "seed_1", "seed_2", "ensemble", "cuda_tests", "bench_compile"]
+PHASES = ["install", "data", "bench_eager", "seed_0", "seed_1", "ensemble", "cuda_tests", "bench_compile"]
 
 
 def _carry():  # noqa: ANN202
@@ -98,10 +98,13 @@ def test_emulated_device_run_keeps_the_out_contract(tmp_path: Path) -> None:
         row = numbers[bench]["rows"][0]
         assert row["fxbench"] > 0 and row["ceiling"] > 0 and row["b_over_a"] > 0 and row["b_over_c"] > 0
     seeds = json.loads((out / "seeds.json").read_text())
-    assert sorted(seeds) == ["0", "1", "2"]
-    assert all(0.0 <= s["test"]["roc_auc_presence"] <= 1.0 and "dice_pos" in s["val"] for s in seeds.values())
-    assert numbers["ensemble"]["members"] == 3 and "dice_pos" in numbers["ensemble"]["test"]
-    assert "cuda" in numbers["cuda_tests"]["summary"] or numbers["cuda_tests"]["rc"] == 0
+    assert sorted(seeds) == ["0", "1"]
+    assert all(s["stage"] == "test" and 0.0 <= s["test"]["roc_auc_presence"] <= 1.0 and "dice_pos" in s["val"]
+               for s in seeds.values())
+    assert numbers["ensemble"]["members"] == 2 and "dice_pos" in numbers["ensemble"]["test"]
+    # On a CPU every CUDA test is collected and skipped (none fails to import or errors).
+    cuda = numbers["cuda_tests"]
+    assert cuda["rc"] == 0 and cuda.get("skipped", 0) >= 1 and "failed" not in cuda and "error" not in cuda, cuda
     assert "seed_0" in (out / "leaderboard.md").read_text()
     # Runs and data stayed outside OUT.
     assert (work / "runs" / "seed_0" / "checkpoints" / "best.pt").is_file()
