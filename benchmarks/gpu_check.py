@@ -388,13 +388,15 @@ def phase_ensemble(out: Path, work: Path, emulate: bool) -> None:
 def phase_cuda_tests(out: Path, work: Path, emulate: bool) -> None:
     """``pytest -m cuda`` (on a CPU every test skips: the emulation checks that they collect)."""
     python = shlex.split(os.environ.get("FXBENCH_PYTHON", "python3"))
-    cmd = [*python, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "-o",
+    # No -q here: addopts has one, and -qq would drop the "N skipped in S s" line.
+    cmd = [*python, "-m", "pytest", "-m", "cuda", "-p", "no:cacheprovider", "-o",
            f"cache_dir={work / 'pytest_cache'}", str(ROOT / "tests" / "test_cuda.py")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, errors="replace", check=False)
     text = proc.stdout + proc.stderr
     (out / "cuda_tests.txt").write_text(text[-200_000:], encoding="utf-8")
     print(text[-3000:])
-    summary = text.strip().splitlines()[-1] if text.strip() else ""
+    counted = r"\d+ (passed|failed|skipped|errors?|deselected)\b.* in [\d.]+s"
+    summary = next((line for line in reversed(text.splitlines()) if re.search(counted, line)), "")
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", summary)}
     _numbers(work, "cuda_tests", {"rc": proc.returncode, "summary": summary, **counts})
     if proc.returncode != 0:

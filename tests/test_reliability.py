@@ -77,6 +77,7 @@ def tiny_sets(prep: Path, **extra: Any) -> list[str]:
         "eval.bootstrap": 0, "runtime.device": "cpu", "runtime.channels_last": "false", "runtime.num_threads": 1,
         "optim.lr": "3e-3", "loss.presence_weight": 0.2, "augment.rotate_prob": 0.5,
         "train.ema.enabled": "true", "train.ema.decay": 0.9,
+        "train.last_every_epochs": 1,  # these tests signal, kill and fill the disk around each epoch's last.pt
     }
     sets.update(extra)
     return [f"{k}={v}" for k, v in sets.items()]
