@@ -40,8 +40,8 @@ def bench(
     """Measure training/inference img/s: (a) seed-style loop, (b) fxbench, (c) bare-model ceiling."""
     from rich.table import Table
 
-    from fxbench.bench import run_bench
     from fxbench.io import write_json_atomic
+    from fxbench.train.bench import run_bench
 
     result = run_bench(_parse_models(models), n_images=n_images, batch=batch, steps=steps, seed_steps=seed_steps,
                        warmup=warmup, device=device, amp=amp, compile_=compile_, image_scale=image_scale,
