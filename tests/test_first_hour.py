@@ -86,6 +86,22 @@ def test_data_hints_run_as_printed(tmp_path: Path, monkeypatch) -> None:  # type
     sets = [train[i + 1] for i, a in enumerate(train) if a == "--set"]
     cfg = load_config(None, sets, environ={})
     assert find_cache(cfg.data.prepared, cfg.data.image_size).name == "64.npz"
+    # a cache the folder lacks: the error names the folder's own archive, and that command works
+    from fxbench.errors import DataError
+
+    try:
+        find_cache(cfg.data.prepared, 128)
+        raise AssertionError("no 128 cache expected")
+    except DataError as err:
+        hint = str(err.hint).strip("`").removeprefix("run `")
+    assert f"--archive {tmp_path / 'fake'}" in hint
+    import shlex
+
+    res = runner.invoke(app, ["train", "--set", f"data.prepared={cfg.data.prepared}", "--set", "data.image_size=256",
+                              "--run-dir", str(tmp_path / "runs" / "nope")])
+    assert res.exit_code == 3 and not (tmp_path / "runs" / "nope").exists()  # no empty run folder left behind
+    assert runner.invoke(app, shlex.split(hint)[1:]).exit_code == 0
+    assert find_cache(cfg.data.prepared, 128).name == "128.npz"
 
     # download --from-file registers the zip: the hint relies on that (README's form) and works
     runner.invoke(app, ["synth", str(tmp_path / "fake.zip"), "--zip", "--n-images", "24", "--scale", "0.1"])

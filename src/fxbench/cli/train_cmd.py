@@ -108,7 +108,7 @@ def train(
     every key with its type, default and description (docs/config.md has the same table).
     """
     from fxbench.config import load_config
-    from fxbench.errors import UsageError
+    from fxbench.errors import FxbenchError, UsageError
     from fxbench.paths import default_runs_root, new_run_dir
     from fxbench.runtime import dist_info
     from fxbench.workflow import train_run
@@ -150,8 +150,14 @@ def train(
             raise UsageError("distributed training needs an explicit --run-dir shared by all ranks")
     console.print(f"run folder: {run_dir}", markup=False)
     assert run_dir is not None  # rank 0 made one; other ranks refused above
-    with TrainDisplay(quiet or rank != 0) as display:
-        summary = train_run(cfg, run_dir, on_progress=display)
+    fresh = not run_dir.exists() or not any(run_dir.iterdir())
+    try:
+        with TrainDisplay(quiet or rank != 0) as display:
+            summary = train_run(cfg, run_dir, on_progress=display)
+    except FxbenchError:
+        if fresh and rank == 0 and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # stopped before writing anything (e.g. a missing cache): leave no empty folder
+        raise
     if rank == 0:
         _report(summary)
 

@@ -487,6 +487,22 @@ def all_caches(prepared_dir: str | os.PathLike[str]) -> dict[str, Path]:
     return out
 
 
+def prepare_command(prepared_dir: str | os.PathLike[str], options: str = "") -> str:
+    """``fxbench prepare --archive A --out DIR OPTIONS`` for adding to a prepared folder, with the
+    archive the folder was made from (its prepare_report.json) when that file is still there,
+    so the hint runs as printed; else ``--archive ARCHIVE`` to fill in."""
+    import json
+
+    archive = "ARCHIVE"
+    try:
+        recorded = json.loads((Path(prepared_dir) / "prepare_report.json").read_text(encoding="utf-8")).get("archive")
+        if recorded and Path(recorded).exists():
+            archive = str(recorded)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return f"fxbench prepare --archive {archive} --out {prepared_dir}{options}"
+
+
 def find_cache(prepared_dir: str | os.PathLike[str], image_size: int, geometry: str = "letterbox") -> Path:
     """The smallest ``geometry`` cache whose size is >= ``image_size`` (training resizes down from it)."""
     caches = available_caches(prepared_dir, geometry)
@@ -496,6 +512,6 @@ def find_cache(prepared_dir: str | os.PathLike[str], image_size: int, geometry: 
         flag = "" if geometry == "letterbox" else f" --resize {geometry}"
         raise DataError(
             f"no {geometry} cache of size >= {image_size} in {Path(prepared_dir) / 'cache'} (have: {have})",
-            f"run `fxbench prepare --archive ARCHIVE --out {prepared_dir}{flag} --cache-size {image_size}`",
+            f"run `{prepare_command(prepared_dir, f'{flag} --cache-size {image_size}')}`",
         )
     return caches[fits[0]]

@@ -118,6 +118,7 @@ def load_prepared(
         check_cache_geometry,
         find_cache,
         load_cache,
+        prepare_command,
     )
 
     prepared_dir = Path(prepared_dir)
@@ -132,7 +133,7 @@ def load_prepared(
             flag = "" if resize == "letterbox" else f" --resize {resize}"
             raise DataError(
                 f"no {cache_size}-px {resize} cache in {prepared_dir}",
-                f"run `fxbench prepare --archive ARCHIVE --out {prepared_dir}{flag} --cache-size {cache_size}`",
+                f"run `{prepare_command(prepared_dir, f'{flag} --cache-size {cache_size}')}`",
             )
     else:
         cache_path = find_cache(prepared_dir, image_size, resize)
