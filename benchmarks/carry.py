@@ -170,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", type=Path, default=ROOT / "examples" / "fxbench_best.yaml")
     ap.add_argument("--size", type=int, help="cache edge in px (default: the recipe's data.image_size)")
     ap.add_argument("--quality", type=int, default=85, help="JPEG quality of the cache (default 85)")
-    ap.add_argument("--work", type=Path, default=Path("/work/data/issue12/prepared-real"),
-                    help="full prepared folder (outside the repo)")
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    ap.add_argument("--work", type=Path, default=cache_home / "fxbench" / "carry-prepared",
+                    help="full prepared folder, outside the repo (default: ~/.cache/fxbench/carry-prepared)")
     ap.add_argument("--wheels", type=Path, default=ROOT / ".whl")
     ap.add_argument("--local-wheels", action="store_true", help="repack installed distributions (offline)")
     ap.add_argument("--wheels-only", action="store_true", help="skip the real prepared folder")

@@ -165,6 +165,16 @@ class Driver:
     def install(self, limit: int) -> int:
         """pip-install the carried wheels into the site folder (offline, no deps, no compile)."""
         wheels = sorted(Path(os.environ.get("FXBENCH_WHEELS", ROOT / ".whl")).resolve().glob("*.whl"))
+        if not wheels and self.emulate:
+            # A CPU machine with no .whl/: repack this Python's own installs (offline), so the
+            # emulation runs as documented on a fresh checkout.
+            local = self.work / "whl"
+            self.say(f"no carried wheels in .whl/: repacking this Python's installs into {local}")
+            rc = self.stream(["timeout", "-k", "5", str(limit), *self.python, str(ROOT / "benchmarks" / "carry.py"),
+                              "--local-wheels", "--wheels-only", "--wheels", str(local)])
+            if rc:
+                return rc
+            wheels = sorted(local.glob("*.whl"))
         if not wheels:
             self.say("no carried wheels (.whl/*.whl): build them with benchmarks/carry.sh")
             return 2

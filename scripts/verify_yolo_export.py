@@ -1,6 +1,6 @@
 """Load an `fxbench export yolo` folder with Ultralytics' own dataset code (run in a scratch venv).
 
-    /work/scratch-yolo/bin/python scripts/verify_yolo_export.py OUT/data.yaml [--test-labels]
+    /path/to/yolo-venv/bin/python scripts/verify_yolo_export.py OUT/data.yaml [--test-labels]
 
 Uses ultralytics.data.utils.check_det_dataset (reads data.yaml) and YOLODataset (verifies every
 image/label pair, as training does) for each split; prints the counts and exits 1 when a split
