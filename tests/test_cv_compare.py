@@ -191,3 +191,29 @@ def test_compare_holm_and_report_marks_significantly_worse_rows(tmp_path: Path) 
     res = CliRunner().invoke(app, ["compare", str(a), str(d), "--bootstrap", "50", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["runs"][1]["presence_source"] == "pred_area"
+
+
+def test_skip_existing_finishes_a_trained_but_untested_fold(cv_runs: dict[str, Path], tmp_path: Path) -> None:
+    """A fold run stopped after training (no tune, no test yet) is not 'skipped': --skip-existing
+    tunes and tests it without re-training; once tested, it is skipped."""
+    import hashlib
+
+    from fxbench.launch.jobs import run_job, sweep_jobs
+
+    cv_dir = tmp_path / "runs" / "tiny-cv"
+    shutil.copytree(cv_runs["cv"] / "fold_0", cv_dir / "fold_0")
+    run = cv_dir / "fold_0"
+    for rel in ("decision.json", "test_access.log"):
+        (run / rel).unlink()
+    for rel in ("tune", "metrics", "predictions"):
+        shutil.rmtree(run / rel, ignore_errors=True)
+    ckpts = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (run / "checkpoints").glob("*.pt")}
+    cfg = load_config(run / "config.resolved.yaml", [], environ={})
+    job = sweep_jobs(cfg, tmp_path / "runs", "tiny", folds=[0]).jobs[0]
+    assert Path(job.run_dir) == run
+    first = run_job(job, skip_existing=True)
+    assert first.status == "finished", first.reason
+    assert test_access_count(run) == 1 and (run / "decision.json").is_file()
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (run / "checkpoints").glob("*.pt")} == ckpts
+    assert run_job(job, skip_existing=True).status == "skipped"
+    assert test_access_count(run) == 1

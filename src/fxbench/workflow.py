@@ -61,17 +61,21 @@ def train_fold(cfg: Config, fold: int, run_dir: Path, resume: bool = False,
     is already on record is not tested again. Returns a summary (fold, run_dir, status, best
     epoch and score, test metrics path or None).
     """
-    from fxbench.select.seal import read_test_access
+    from fxbench.artifacts.run import finished_training
     from fxbench.select.tune import tune_run
 
     run_dir = Path(run_dir)
     fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": int(fold)})})
-    summary = train_run(fold_cfg, run_dir, resume=resume, on_progress=on_progress)
+    done = finished_training(run_dir) if resume else None
+    if done is not None:  # resumed after its training finished: only val, tune and test are left
+        summary = {"status": "finished", "best_epoch": done.get("best_epoch"), "best_score": done.get("best_score")}
+    else:
+        summary = train_run(fold_cfg, run_dir, resume=resume, on_progress=on_progress)
     out = {"fold": int(fold), "run_dir": str(run_dir), "status": summary["status"],
            "best_epoch": summary.get("best_epoch"), "best_score": summary.get("best_score"), "test_metrics": None}
     if summary["status"] == "interrupted":
         return out
-    if not read_test_access(run_dir):
+    if not fold_tested(run_dir):
         evaluate_run(run_dir, "val", argv=["eval", str(run_dir), "--split", "val"])
         tune_run(run_dir, metric=tune_metric)
         decision = run_dir / "decision.json"
@@ -79,6 +83,13 @@ def train_fold(cfg: Config, fold: int, run_dir: Path, resume: bool = False,
                      argv=["eval", str(run_dir), "--split", "test", "--decision", str(decision)])
     out["test_metrics"] = str(run_dir / "metrics" / "test.json")
     return out
+
+
+def fold_tested(run_dir: Path) -> bool:
+    """Whether a fold run's one sealed test is on record (what ``--skip-existing`` needs to skip it)."""
+    from fxbench.select.seal import read_test_access
+
+    return bool(read_test_access(run_dir))
 
 
 def ensure_predictions(run: Path, split: str, tta: str | None = None,

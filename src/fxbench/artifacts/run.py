@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fxbench._version import __version__
-from fxbench.errors import ConfigError, RunLockedError, UsageError
+from fxbench.errors import ConfigError, FxbenchError, RunLockedError, UsageError
 from fxbench.io import read_json, write_json_atomic
 
 LOCK_NAME = ".lock"
@@ -217,3 +217,15 @@ def update_run_json(run_dir: Path, **fields: Any) -> dict[str, Any]:
     data.update(fields)
     write_json_atomic(path, data)
     return data
+
+
+def finished_training(run_dir: Path) -> dict[str, Any] | None:
+    """``run.json`` of a run whose training finished (status ``finished`` and a last.pt), else None."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        return None
+    try:
+        info = read_json(run_dir / "run.json")
+    except (OSError, ValueError, FxbenchError):
+        return None
+    return info if isinstance(info, dict) and info.get("status") == "finished" else None

@@ -126,17 +126,12 @@ def sweep_jobs(cfg: Config, root: Path, name: str, seeds: Sequence[int] | None =
 def run_state(run_dir: Path) -> str:
     """``finished`` (run.json says so and last.pt exists), ``partial`` (a last.pt to resume
     from), or ``new`` (nothing to resume: no folder, or stopped before its first checkpoint)."""
-    from fxbench.io import read_json
+    from fxbench.artifacts.run import finished_training
 
     run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.is_file():
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
         return "new"
-    try:
-        status = read_json(run_dir / "run.json").get("status")
-    except (OSError, ValueError, FxbenchError, AttributeError):
-        status = None
-    return "finished" if status == "finished" else "partial"
+    return "finished" if finished_training(run_dir) is not None else "partial"
 
 
 #: Trains ``cfg`` for ``fold`` into ``run_dir`` in place of :func:`fxbench.workflow.train_fold`
@@ -166,6 +161,11 @@ def run_job(job: Job, skip_existing: bool = False, on_progress: Callable[[Any], 
     base: dict[str, Any] = {"key": job.key, "run_dir": job.run_dir, "seed": job.seed, "fold": job.fold}
     try:
         state = run_state(run_dir) if skip_existing else "new"
+        if state == "finished" and job.fold is not None:
+            from fxbench.workflow import fold_tested
+
+            if not fold_tested(run_dir):
+                state = "partial"  # trained but not yet tuned and tested: train_fold finishes it
         if state == "finished":
             return JobResult(**base, status="skipped", **_best_of(run_dir))
         cfg = job.cfg()
