@@ -89,7 +89,8 @@ def test_emulated_device_run_keeps_the_out_contract(tmp_path: Path) -> None:
     assert [p["phase"] for p in summary["phases"]] == PHASES
     for phase in summary["phases"]:
         assert phase["status"] == "ok", phase
-        assert isinstance(phase["seconds"], float) and phase["seconds"] > 0 and isinstance(phase["numbers"], dict)
+        took = phase["seconds"]  # the record's field, not a speed check (the test asserts nothing about time)
+        assert isinstance(took, float) and took >= 0 and isinstance(phase["numbers"], dict)
     numbers = {p["phase"]: p["numbers"] for p in summary["phases"]}
     # pydantic, platformdirs and typer came from the carried wheels, fxbench from this checkout.
     assert all(c["from_carried_wheels"] for c in numbers["install"]["carried"].values()), numbers["install"]
