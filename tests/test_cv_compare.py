@@ -217,3 +217,19 @@ def test_skip_existing_finishes_a_trained_but_untested_fold(cv_runs: dict[str, P
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (run / "checkpoints").glob("*.pt")} == ckpts
     assert run_job(job, skip_existing=True).status == "skipped"
     assert test_access_count(run) == 1
+
+
+def test_compare_labels_tell_folders_with_one_name_apart(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fxbench.select.compare import name_apart
+
+    inputs = [SimpleNamespace(folder=tmp_path / r / "pooled", name="pooled") for r in ("dual-cv", "plain-cv")]
+    name_apart(inputs)  # type: ignore[arg-type]
+    assert [i.name for i in inputs] == ["dual-cv/pooled", "plain-cv/pooled"]
+    same = [SimpleNamespace(folder=tmp_path / "a", name="a"), SimpleNamespace(folder=tmp_path / "a", name="a")]
+    name_apart(same)  # type: ignore[arg-type]
+    assert [i.name for i in same] == ["a", "a"]
+    apart = [SimpleNamespace(folder=tmp_path / n, name=n) for n in ("a", "b")]
+    name_apart(apart)  # type: ignore[arg-type]
+    assert [i.name for i in apart] == ["a", "b"]

@@ -105,6 +105,19 @@ def val_input(folder: str | Path) -> CompareInput:
                     f"run `fxbench eval {folder} --split val` (and `fxbench tune {folder}`)")
 
 
+def name_apart(inputs: Sequence[CompareInput]) -> None:
+    """Label each input by its folder name, or by as many trailing path parts as tell the folders
+    apart (``dual-cv/pooled`` vs ``plain-cv/pooled``), so tables and JSON never show two equal names."""
+    parts = [Path(i.folder).resolve().parts for i in inputs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            for inp, label in zip(inputs, labels, strict=True):
+                inp.name = label
+            return
+    # One folder given twice (a self-comparison): its own name is the clearest label.
+
+
 def align(ref: CompareInput, other: CompareInput) -> CompareInput:
     """``other`` reordered to ``ref``'s image order; refuses other images or ground truth.
 
@@ -176,6 +189,7 @@ def compare_inputs(
         raise UsageError("compare needs at least two folders", "e.g. fxbench compare runs/a runs/b --split val")
     if n_resamples < 1:
         raise UsageError(f"--bootstrap must be >= 1 for a paired comparison, got {n_resamples}")
+    name_apart(inputs)
     ref = inputs[0]
     others = [align(ref, b) for b in inputs[1:]]
     stats = [ref.stats()] + [b.stats() for b in others]
