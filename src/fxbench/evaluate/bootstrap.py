@@ -209,6 +209,46 @@ def bootstrap_ci(
     return out
 
 
+def check_paired(a: PerImageStats, b: PerImageStats) -> None:
+    """Refuse tables that do not describe the same images with the same ground truth.
+
+    Raises:
+        DataError: different image ids (or order), labels or ground-truth masks.
+    """
+    if a.image_ids != b.image_ids:
+        only_a = sorted(set(a.image_ids) - set(b.image_ids))
+        only_b = sorted(set(b.image_ids) - set(a.image_ids))
+        what = (f"{len(only_a)} ids only in A, {len(only_b)} only in B" if only_a or only_b
+                else "the same ids in a different order")
+        raise DataError(f"paired comparison needs the same images in the same order ({what})",
+                        "compare predictions of the same split of the same prepared folder")
+    if not np.array_equal(a.labels, b.labels):
+        raise DataError(f"paired comparison: A and B disagree on {int((a.labels != b.labels).sum())} image labels")
+    if not (np.array_equal(a.gt_positive, b.gt_positive) and np.array_equal(a.gt_area, b.gt_area)):
+        raise DataError("paired comparison: A and B have different ground-truth masks",
+                        "both must be scored against the same prepared masks at the same resolution")
+
+
+def paired_draws(
+    a: PerImageStats,
+    b: PerImageStats,
+    metrics: Sequence[str] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[list[str], dict[str, float], dict[str, float], dict[str, np.ndarray]]:
+    """The one paired resample: ``(names, point_a, point_b, delta)`` with ``delta[name]`` the
+    resampled B - A [n_resamples], the same stratified image indices applied to A and B.
+
+    Raises:
+        DataError: the tables do not describe the same images (:func:`check_paired`).
+    """
+    check_paired(a, b)
+    names = [m for m in available_metrics(a, metrics) if m in available_metrics(b, metrics)]
+    idx = stratified_indices(a.labels, n_resamples, seed)
+    da, db = _metric_rows(a, idx, names), _metric_rows(b, idx, names)
+    return names, point_estimates(a, names), point_estimates(b, names), {n: db[n] - da[n] for n in names}
+
+
 def paired_bootstrap_delta(
     a: PerImageStats,
     b: PerImageStats,
@@ -216,29 +256,18 @@ def paired_bootstrap_delta(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Paired comparison of two prediction sets on the same images (A minus B).
-
-    Both tables must list the same image ids in the same order with the same labels; each
-    resample uses the same image indices for A and B, so per-image correlation cancels.
+    """Paired comparison of two prediction sets on the same images, as **A minus B** (the
+    resamples of :func:`paired_draws`; :func:`fxbench.evaluate.paired.paired_bootstrap` gives
+    B - A with a p-value).
 
     Returns ``{metric: {"a", "b", "delta", "delta_ci95": [lo, hi], "share_a_better"}}`` where
     ``share_a_better`` is the fraction of resamples with delta > 0 (for lower-is-better metrics
     such as brier_presence and lesion_fp_per_image, > 0 means A is worse). ``n_resamples`` >= 1.
     """
-    if a.image_ids != b.image_ids:
-        raise DataError("paired bootstrap needs the same images in the same order for A and B",
-                        "subset both prediction sets to the common image ids first")
-    if not np.array_equal(a.labels, b.labels):
-        raise DataError("paired bootstrap: A and B disagree on image labels")
-    names = [m for m in available_metrics(a, metrics) if m in available_metrics(b, metrics)]
-    idx = stratified_indices(a.labels, n_resamples, seed)
-    da = _metric_rows(a, idx, names)
-    db = _metric_rows(b, idx, names)
-    pa = point_estimates(a, names)
-    pb = point_estimates(b, names)
+    names, pa, pb, b_minus_a = paired_draws(a, b, metrics, n_resamples, seed)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        delta = da[name] - db[name]
+        delta = -b_minus_a[name]
         finite = delta[np.isfinite(delta)]
         out[name] = {
             "a": pa[name],

@@ -24,37 +24,11 @@ import numpy as np
 from scipy import stats as sps
 
 from fxbench.errors import DataError
-from fxbench.evaluate.bootstrap import (
-    available_metrics,
-    bootstrap_distributions,
-    percentile_interval,
-    point_estimates,
-    stratified_indices,
-)
+from fxbench.evaluate.bootstrap import paired_draws, percentile_interval
 from fxbench.evaluate.metrics import PerImageStats, check_scores
 
 #: Metrics where a smaller value is better (a positive B - A means B is worse).
 LOWER_IS_BETTER: frozenset[str] = frozenset({"brier_presence", "lesion_fp_per_image"})
-
-
-def check_paired(a: PerImageStats, b: PerImageStats) -> None:
-    """Refuse tables that do not describe the same images with the same ground truth.
-
-    Raises:
-        DataError: different image ids (or order), labels or ground-truth masks.
-    """
-    if a.image_ids != b.image_ids:
-        only_a = sorted(set(a.image_ids) - set(b.image_ids))
-        only_b = sorted(set(b.image_ids) - set(a.image_ids))
-        what = (f"{len(only_a)} ids only in A, {len(only_b)} only in B" if only_a or only_b
-                else "the same ids in a different order")
-        raise DataError(f"paired comparison needs the same images in the same order ({what})",
-                        "compare predictions of the same split of the same prepared folder")
-    if not np.array_equal(a.labels, b.labels):
-        raise DataError(f"paired comparison: A and B disagree on {int((a.labels != b.labels).sum())} image labels")
-    if not (np.array_equal(a.gt_positive, b.gt_positive) and np.array_equal(a.gt_area, b.gt_area)):
-        raise DataError("paired comparison: A and B have different ground-truth masks",
-                        "both must be scored against the same prepared masks at the same resolution")
 
 
 def bootstrap_p_value(delta: np.ndarray) -> float:
@@ -107,21 +81,15 @@ def paired_bootstrap(
     :func:`bootstrap_p_value`. ``metrics=None`` means the headline metrics.
 
     Raises:
-        DataError: the tables do not describe the same images (:func:`check_paired`).
+        DataError: the tables do not describe the same images (:func:`~fxbench.evaluate.bootstrap.check_paired`).
     """
-    check_paired(a, b)
-    names = [m for m in available_metrics(a, metrics) if m in available_metrics(b, metrics)]
-    idx = stratified_indices(a.labels, n_resamples, seed)
-    da = bootstrap_distributions(a, metrics=names, indices=idx)
-    db = bootstrap_distributions(b, metrics=names, indices=idx)
-    pa, pb = point_estimates(a, names), point_estimates(b, names)
+    names, pa, pb, deltas = paired_draws(a, b, metrics, n_resamples, seed)
     out: dict[str, PairedDelta] = {}
     for name in names:
-        delta = db[name] - da[name]
-        finite = int(np.isfinite(delta).sum())
+        delta = deltas[name]
         out[name] = PairedDelta(a=pa[name], b=pb[name], delta=pb[name] - pa[name],
                                 delta_ci95=percentile_interval(delta), p_value=bootstrap_p_value(delta),
-                                n_resamples=finite)
+                                n_resamples=int(np.isfinite(delta).sum()))
     return out
 
 
