@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -86,3 +87,16 @@ def handle_errors(fn):
 
     return wrapper
 
+
+def verb_settings(config: Path | None, set_: list[str] | None, **flags: Any) -> Any:
+    """The resolved config for a verb with shortcut flags: ``--config``, then ``--set``, then the
+    flags (``select.threshold_step=...`` for ``--step``...); unset flags leave the schema's value."""
+    from fxbench.config import load_config
+
+    overrides = list(set_ or [])
+    for key, value in flags.items():
+        if value is None or value == []:
+            continue
+        text = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
+        overrides.append(f"{key}={text}")
+    return load_config(config, overrides)

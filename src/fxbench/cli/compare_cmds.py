@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from fxbench.cli.common import console, handle_errors, out
+from fxbench.cli.common import console, handle_errors, out, verb_settings
 from fxbench.runs import complete_run_path
 
 
@@ -75,8 +75,8 @@ def compare(
     folders: list[Path] = typer.Argument(..., help="Two or more result folders (run, ensemble, blend, cv pool); the first is A.",
                                          autocompletion=complete_run_path),
     split: str = typer.Option("val", "--split", help="val (as saved) or test (sealed test artifacts only; logged as a test access of each)."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", min=1, help="Paired bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    bootstrap: int | None = typer.Option(None, "--bootstrap", min=1, help="Paired bootstrap resamples (= eval.bootstrap)."),
+    seed: int | None = typer.Option(None, "--seed", help="Bootstrap seed (= eval.bootstrap_seed)."),
     boxes: bool = typer.Option(False, "--boxes", help="Also compare box metrics (AP50, AP50:95, FROC) against PREP/boxes.json."),
     box_bootstrap: int = typer.Option(500, "--box-bootstrap", min=1, help="Paired resamples for the box metrics (pycocotools per resample)."),
     out_path: Path | None = typer.Option(None, "--out", help="Write the comparison as JSON to this file."),
@@ -98,8 +98,10 @@ def compare(
         if gt_boxes is None:
             raise DataError("--boxes: the prepared folder of the predictions has no boxes.json (or is not here)",
                             "re-run `fxbench prepare` on it (it writes PREP/boxes.json), or drop --boxes")
+    ev = verb_settings(None, None, **{"eval.bootstrap": bootstrap, "eval.bootstrap_seed": seed}).eval
     inputs = compare_folders(folders, split, _command())
-    result = compare_inputs(inputs, n_resamples=bootstrap, seed=seed, gt_boxes=gt_boxes, box_resamples=box_bootstrap)
+    result = compare_inputs(inputs, n_resamples=ev.bootstrap, seed=ev.bootstrap_seed, gt_boxes=gt_boxes,
+                            box_resamples=box_bootstrap)
     if out_path is not None:
         write_json_atomic(out_path, result)
     if json_out:
@@ -118,8 +120,8 @@ def cv(
     runs: list[Path] = typer.Argument(..., help="The K fold runs (e.g. runs/NAME-cv/fold_*), each tested once on its fold.",
                                       autocompletion=complete_run_path),
     out_dir: Path | None = typer.Option(None, "--out", help="Pool folder (default: <runs' parent>/pooled)."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", min=0, help="Bootstrap resamples for the pooled CIs (0 = off)."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    bootstrap: int | None = typer.Option(None, "--bootstrap", min=0, help="Bootstrap resamples for the pooled CIs, 0 = off (= eval.bootstrap)."),
+    seed: int | None = typer.Option(None, "--seed", help="Bootstrap seed (= eval.bootstrap_seed)."),
     json_out: bool = typer.Option(False, "--json", help="Print the pooled metrics as JSON on stdout."),
 ) -> None:
     """Pool out-of-fold test predictions of K fold runs into one artifact and score it (with per-fold mean, SD)."""
@@ -129,7 +131,8 @@ def cv(
     from fxbench.select.cv import run_cv
 
     target = out_dir or Path(runs[0]).parent / "pooled"
-    res = run_cv(runs, target, _command(), bootstrap=bootstrap, seed=seed)
+    ev = verb_settings(None, None, **{"eval.bootstrap": bootstrap, "eval.bootstrap_seed": seed}).eval
+    res = run_cv(runs, target, _command(), bootstrap=ev.bootstrap, seed=ev.bootstrap_seed)
     pooled, per_fold = res["pooled"], res["per_fold"]
     if json_out:
         out.print(json.dumps({"pooled": pooled, "per_fold": per_fold, "folds": res["folds"]}, default=str), markup=False)

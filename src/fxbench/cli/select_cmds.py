@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from fxbench.cli.common import console, handle_errors, out
+from fxbench.cli.common import console, handle_errors, out, verb_settings
 from fxbench.runs import complete_run_path
 
 _TUNE_METRICS = "dice_pos, iou_pos, dice, iou or auc_plus_dice_pos"
@@ -41,20 +41,6 @@ def _grid(sel: Any) -> Any:
 
 _CONFIG_HELP = "YAML config whose select/eval sections set the search (default: the schema's)."
 _SET_HELP = "Override: select.key=value or eval.bootstrap=N (repeatable); the flags below are shortcuts."
-
-
-def _settings(config: Path | None, set_: list[str] | None, **flags: Any) -> Any:
-    """The resolved config for a select verb: ``--config``, then ``--set``, then the shortcut
-    flags (``select.threshold_step=...`` for ``--step``...); unset flags leave the schema's value."""
-    from fxbench.config import load_config
-
-    overrides = list(set_ or [])
-    for key, value in flags.items():
-        if value is None or value == []:
-            continue
-        text = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
-        overrides.append(f"{key}={text}")
-    return load_config(config, overrides)
 
 
 def _fmt(v: Any, nd: int = 4) -> str:
@@ -124,7 +110,7 @@ def tune(
             f"tune chooses on val only, not '{split}': the test split is sealed",
             f"run `fxbench tune {run}`, then `fxbench eval {run} --split test --decision {run / 'decision.json'}`",
         )
-    sel = _settings(config, set_, **{
+    sel = verb_settings(config, set_, **{
         "select.metric": metric, "select.presence_rule": presence_rule, "select.threshold_start": start,
         "select.threshold_stop": stop, "select.threshold_step": step, "select.min_components": min_component,
     }).select
@@ -219,7 +205,7 @@ def ensemble(
             fixed = [float(v) for v in weights.split(",") if v.strip()]
         except ValueError as err:
             raise UsageError(f"--weights {weights!r} is not a comma-separated list of numbers", "e.g. --weights 0.5,0.5") from err
-    cfg = _settings(config, set_, **{
+    cfg = verb_settings(config, set_, **{
         "select.metric": metric, "select.presence_rule": presence_rule, "select.threshold_start": start,
         "select.threshold_stop": stop, "select.threshold_step": step, "select.min_components": min_component,
         "eval.bootstrap": bootstrap, "eval.bootstrap_seed": seed,
@@ -299,7 +285,7 @@ def blend(
     from fxbench.select.blend import run_blend
     from fxbench.select.tune import unit_grid
 
-    cfg = _settings(config, set_, **{
+    cfg = verb_settings(config, set_, **{
         "select.blend_rule": rule, "select.alpha_step": alpha_step, "select.beta_step": beta_step,
         "select.gamma_step": gamma_step, "select.threshold_start": start, "select.threshold_stop": stop,
         "select.threshold_step": step, "select.presence_a": presence_a, "select.presence_b": presence_b,
